@@ -1,0 +1,3 @@
+import logging
+
+logging.getLogger("hypergate").setLevel(logging.DEBUG)

@@ -66,3 +66,65 @@ MAX_DATAGRAM = 65535
 # Fetching a services or policy file from a URL.
 URL_FETCH_TIMEOUT_S = 10.0
 MAX_URL_DOCUMENT = 8 * 1024 * 1024
+
+# --- policy/ and http/ (ingress policy, shaping, /unlimited, fingerprint resolver) ------
+
+# URL policy sources are re-read this often; a failed read keeps the last good policy.
+POLICY_REFRESH_S = 60.0
+# Shaping: a pump reads at most this much before asking the bucket, so one read never
+# needs more waiting than one frame's worth (or the burst, whichever is smaller).
+SHAPER_MAX_CHUNK = MAX_FRAME_PAYLOAD
+# /unlimited: a token's timestamp may be this far from our clock (either way), the
+# original's 5 minutes; a used token is remembered this long after its timestamp, which
+# covers every moment it could still be accepted.
+UNLIMITED_TOKEN_WINDOW_MS = 5 * 60 * 1000
+# A successful /unlimited call lifts limits for this IP for 30 minutes (the original's).
+UNLIMITED_GRANT_MS = 30 * 60 * 1000
+# Used tokens remembered at once. Only holders of the secret can add entries, and each
+# lives at most 10 minutes; when full, new tokens are refused (never forget a live one).
+MAX_UNLIMITED_REPLAY_CACHE = 65536
+# IPs holding an unlimited grant at once (same reasoning: secret holders only).
+MAX_UNLIMITED_GRANTS = 65536
+# Longest token accepted: the payload is ~60 bytes of JSON; 4 KiB leaves ample room.
+MAX_UNLIMITED_TOKEN = 4096
+# PBKDF2 iterations of the README's `openssl enc -pbkdf2 -iter 10000` recipe.
+UNLIMITED_PBKDF2_ITERATIONS = 10000
+# Tiny HTTP server: request line + headers, and body; anything larger gets 413/431.
+HTTP_MAX_HEADER_BYTES = 16 * 1024
+HTTP_MAX_BODY_BYTES = 16 * 1024
+# A connection has this long to send its request and receive the answer (slowloris guard).
+HTTP_CONNECTION_TIMEOUT_S = 10.0
+# Connections served at once per HTTP endpoint; more wait in the kernel's accept queue.
+HTTP_MAX_CONNECTIONS = 64
+# After a failed accept (e.g. out of file descriptors), pause this long before retrying.
+HTTP_ACCEPT_RETRY_S = 0.1
+# Fingerprint resolver: entries live while their channel is open; `expiresAt` in an
+# answer tells the caller how long it may cache it (the original's 2-minute minimum).
+FINGERPRINT_CACHE_HINT_MS = 120 * 1000
+# Entries one provider keeps at once (one per open channel; channels are bounded too).
+MAX_FINGERPRINT_ENTRIES = 262144
+
+# --- docker/ ---------------------------------------------------------------------------
+
+# One Engine API call (ping, list, inspect, create): a local daemon answers in
+# milliseconds; a daemon that takes longer is stuck or restarting, and the refresh loop
+# retries rather than waiting on it forever.
+DOCKER_REQUEST_TIMEOUT_S = 30.0
+# Stopping a container waits for its stop timeout on the daemon side first.
+DOCKER_STOP_TIMEOUT_S = 5
+# Largest Engine API response body we read: a container list of thousands of entries is a
+# few MiB; anything larger is not an answer we can use.
+MAX_DOCKER_RESPONSE = 32 * 1024 * 1024
+# The original's --refreshTime default (20 s): how often the containers are listed again.
+DOCKER_REFRESH_S = 20.0
+# After a failed refresh (daemon down or restarting), retry sooner than a full refresh
+# but back off so a daemon that stays down costs one log line per interval, not a flood.
+DOCKER_RETRY_MIN_S = 1.0
+DOCKER_RETRY_MAX_S = 30.0
+# Helper containers forward one connection per client; the forwarder gives up dialing
+# the gateway's listener after this long so a dead gateway does not pile up sockets.
+DOCKER_FORWARD_CONNECT_TIMEOUT_S = 10.0
+# A forwarded UDP flow with no datagram in either direction for this long is closed.
+DOCKER_FORWARD_UDP_IDLE_S = 300.0
+# UDP flows one forwarded port keeps at once; the oldest is closed past it.
+DOCKER_FORWARD_MAX_UDP_FLOWS = 1024

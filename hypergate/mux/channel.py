@@ -1,0 +1,153 @@
+"""One channel of a mux session: a TCP connection or a UDP flow, both directions.
+
+The session owns the channel table and the link; a channel is the handle its owner (a
+forwarding task) reads from and writes to. States, per direction:
+
+    open --FIN sent--> local half-closed;  open --FIN received--> remote half-closed
+    both FINs, or a RESET either way --> closed (removed from the session)
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import TYPE_CHECKING
+
+import trio
+
+from .. import limits
+from ..errors import ChannelError
+from ..wire.messages import OpenRequest, ResetCode, ResetReason
+from .flow import ReceiveWindow, SendWindow
+
+# Outgoing data a channel may have queued for the link writer before its sender waits.
+CHANNEL_WRITE_QUEUE = 2 * limits.MAX_FRAME_PAYLOAD
+
+if TYPE_CHECKING:
+    from .session import MuxSession
+
+
+class ChannelReset(ChannelError):
+    """The channel was reset (by the peer, by us, or because the link went away)."""
+
+    def __init__(self, reason: ResetReason) -> None:
+        super().__init__(str(reason))
+        self.reason = reason
+
+
+class Channel:
+    def __init__(self, session: MuxSession, channel_id: int, request: OpenRequest) -> None:
+        self.session = session
+        self.id = channel_id
+        self.request = request
+        self.send_window = SendWindow(limits.INITIAL_CHANNEL_WINDOW)
+        self.receive_window = ReceiveWindow(
+            limits.INITIAL_CHANNEL_WINDOW, limits.MAX_CHANNEL_WINDOW
+        )
+        self._inbox: collections.deque[bytes] = collections.deque()
+        self._inbox_changed = trio.lowlevel.ParkingLot()
+        self._send_progress = trio.lowlevel.ParkingLot()
+        self.accepted = trio.Event()  # set when the other side confirmed the open
+        self.local_fin = False
+        self.remote_fin = False
+        self.reset_reason: ResetReason | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def __repr__(self) -> str:
+        return f"Channel(id={self.id}, gate={self.request.gatePort}/{self.request.protocol})"
+
+    @property
+    def closed(self) -> bool:
+        return self.reset_reason is not None or (self.local_fin and self.remote_fin)
+
+    # --- receiving ------------------------------------------------------------------
+
+    async def receive(self) -> bytes:
+        """The next chunk of data; b"" once the peer half-closed. Raises ChannelReset."""
+        while not self._inbox:
+            if self.reset_reason is not None:
+                raise ChannelReset(self.reset_reason)
+            if self.remote_fin:
+                return b""
+            await self._inbox_changed.park()
+        data = self._inbox.popleft()
+        self.session._on_consumed(self, len(data))
+        return data
+
+    def _deliver(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        self._inbox.append(data)
+        self._inbox_changed.unpark_all()
+
+    def _deliver_fin(self) -> None:
+        self.remote_fin = True
+        self._inbox_changed.unpark_all()
+
+    # --- sending --------------------------------------------------------------------
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue all of `data` for the peer, waiting for window credit as needed."""
+        view = memoryview(data)
+        while view:
+            self._check_sendable()
+            n = self.session._reserve_send(self, len(view))
+            if n == 0:
+                await self._wait_for_credit()
+                continue
+            self.bytes_out += n
+            self.session._queue_data(self, bytes(view[:n]))
+            view = view[n:]
+            # Backpressure: at most a couple of frames wait for the writer per channel.
+            while self.session.queued_for(self) > CHANNEL_WRITE_QUEUE and self.reset_reason is None:
+                await self._send_progress.park()
+
+    def try_send_datagram(self, datagram: bytes) -> bool:
+        """For UDP flows: send one whole datagram now, or drop it (False) when the windows
+        or the write queue are full; datagrams are never delayed behind a full window."""
+        self._check_sendable()
+        if not self.session._try_reserve_whole(self, len(datagram)):
+            return False
+        self.bytes_out += len(datagram)
+        self.session._queue_data(self, datagram)
+        return True
+
+    async def send_eof(self) -> None:
+        """Half-close: the peer's reader gets b"" after the data already sent."""
+        if self.local_fin or self.reset_reason is not None:
+            return
+        self.local_fin = True
+        self.session._queue_fin(self)
+
+    def _check_sendable(self) -> None:
+        if self.reset_reason is not None:
+            raise ChannelReset(self.reset_reason)
+        if self.local_fin:
+            raise ChannelError(f"{self!r}: send after half-close")
+
+    async def _wait_for_credit(self) -> None:
+        await self._send_progress.park()
+
+    def _credit_changed(self) -> None:
+        self._send_progress.unpark_all()
+
+    # --- ending ---------------------------------------------------------------------
+
+    def reset(self, code: str = ResetCode.CLOSED, message: str = "") -> None:
+        """Abort both directions now and tell the peer why. Idempotent."""
+        if self.reset_reason is not None or self.closed:
+            return
+        reason = ResetReason(code, message)
+        self._mark_reset(reason)
+        self.session._queue_reset(self, reason)
+
+    def _mark_reset(self, reason: ResetReason) -> None:
+        self.reset_reason = reason
+        self.accepted.set()
+        self._inbox_changed.unpark_all()
+        self._send_progress.unpark_all()
+        self.session._forget(self)
+
+    def accept(self) -> None:
+        """Confirm an incoming open: the service is connected, data may flow."""
+        if self.reset_reason is None:
+            self.session._queue_accept(self)

@@ -1,0 +1,437 @@
+"""The multiplexer session over one secure link: a reader, a writer and a keepalive task,
+and one task per incoming channel, all in the session's nursery.
+
+Writing: one writer task owns the link. Control frames (window updates, opens, accepts,
+resets, pings, messages) go first; then data frames, one per channel in turn, so a bulk
+channel cannot delay a small one by more than one frame. Frames are coalesced into
+records of up to ~1 MiB, one AEAD call each.
+
+Reading: frames are dispatched inline; data lands in the channel's inbox, bounded by the
+channel's receive window. A peer that breaks the framing or overruns a window loses the
+session (the byte stream can no longer be trusted); a bad open request or control message
+costs only that channel or that message.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from .. import limits
+from ..errors import ChannelError, ProtocolError
+from ..wire import messages as msgs
+from ..wire.frames import Flag, FrameDecoder, FrameType, GoAwayCode, encode_frame, encode_header
+from ..wire.messages import Message, OpenRequest, ResetCode, ResetReason
+from .channel import CHANNEL_WRITE_QUEUE, Channel, ChannelReset
+from .flow import ReceiveWindow, SendWindow
+
+log = logging.getLogger(__name__)
+
+
+ChannelHandler = Callable[[Channel], Awaitable[None]]
+MessageHandler = Callable[[Message], None]
+
+
+class MuxSession:
+    def __init__(
+        self,
+        link,  # SecureLink, or anything with send_record/receive_records/aclose/initiator
+        *,
+        on_channel: ChannelHandler,
+        on_message: MessageHandler,
+        name: str = "peer",
+    ) -> None:
+        self.link = link
+        self.name = name
+        self._on_channel = on_channel
+        self._on_message = on_message
+        self._next_id = 1 if link.initiator else 2
+        self._last_remote_id = 0
+        self._channels: dict[int, Channel] = {}
+        self.send_window = SendWindow(limits.SESSION_WINDOW)
+        self.receive_window = ReceiveWindow(limits.SESSION_WINDOW)
+        self._blocked_on_session: set[Channel] = set()
+        self._control: collections.deque[bytes] = collections.deque()
+        # Per-channel outgoing frames, and the channels that have some, in turn order.
+        self._outq: dict[Channel, collections.deque[bytes]] = {}
+        self._queued: dict[Channel, int] = {}
+        self._ready: collections.deque[Channel] = collections.deque()
+        self._writer_wakeup = trio.Event()
+        self._decoder = FrameDecoder()
+        self.rtt: float | None = None
+        self._ping_token = 0
+        self._ping_sent_at: float | None = None
+        self._last_received = trio.current_time()
+        self._nursery: trio.Nursery | None = None
+        self.closed = False
+        self.close_reason = ""
+        self.going_away = False  # we sent GO_AWAY: no new incoming channels
+        self.remote_going_away = False  # the peer sent GO_AWAY: open no new channels
+        self.established = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"MuxSession({self.name}, channels={len(self._channels)})"
+
+    @property
+    def channel_count(self) -> int:
+        return len(self._channels)
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed and not self.remote_going_away and not self.going_away
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until the link ends; every channel is reset when it does."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._reader)
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._keepalive)
+                self.established.set()
+                task_status.started()
+        finally:
+            self._terminate(ResetReason(ResetCode.LINK_CLOSED, self.close_reason or "link closed"))
+            await trio.aclose_forcefully(self.link.stream)
+
+    async def close(self, grace: float = limits.GO_AWAY_GRACE_S) -> None:
+        """Graceful shutdown: GO_AWAY, let open channels finish (up to `grace`), then close."""
+        if self.closed:
+            return
+        self.going_away = True
+        self._queue_control(encode_frame(FrameType.GO_AWAY, 0, value=GoAwayCode.NORMAL))
+        with trio.move_on_after(grace):
+            while self._channels:
+                await trio.sleep(0.05)
+        with trio.move_on_after(1.0):
+            while self._control or self._ready:
+                await trio.sleep(0.01)
+        self.close_reason = self.close_reason or "closed by us"
+        self._terminate(ResetReason(ResetCode.GOING_AWAY, "peer shut down"))
+
+    def _terminate(self, reason: ResetReason) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = self.close_reason or str(reason)
+        for channel in list(self._channels.values()):
+            channel._mark_reset(reason)
+        self._channels.clear()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def _fail(self, exc: BaseException) -> None:
+        log.warning("peer=%s event=session_closed reason=%r", self.name, str(exc))
+        self.close_reason = str(exc)
+        code = GoAwayCode.PROTOCOL_ERROR if isinstance(exc, ProtocolError) else GoAwayCode.NORMAL
+        self._control.appendleft(encode_frame(FrameType.GO_AWAY, 0, value=code))
+        self._terminate(ResetReason(ResetCode.LINK_CLOSED, str(exc)))
+
+    # --- channels -------------------------------------------------------------------
+
+    async def open_channel(
+        self, request: OpenRequest, timeout: float = limits.OPEN_TIMEOUT_S
+    ) -> Channel:
+        """Open a channel and wait for the peer to accept it. Raises ChannelReset."""
+        if not self.usable:
+            raise ChannelReset(ResetReason(ResetCode.GOING_AWAY, f"session {self.name} is closing"))
+        channel_id = self._next_id
+        self._next_id += 2
+        channel = Channel(self, channel_id, request)
+        self._channels[channel_id] = channel
+        self._queue_control(encode_frame(FrameType.OPEN, channel_id, payload=msgs.encode_open(request)))
+        with trio.move_on_after(timeout):
+            await channel.accepted.wait()
+        if channel.reset_reason is not None:
+            raise ChannelReset(channel.reset_reason)
+        if not channel.accepted.is_set():
+            channel.reset(ResetCode.SERVICE_UNREACHABLE, f"no answer within {timeout:g}s")
+            raise ChannelReset(ResetReason(ResetCode.SERVICE_UNREACHABLE, "open timed out"))
+        return channel
+
+    async def _run_incoming(self, channel: Channel) -> None:
+        try:
+            await self._on_channel(channel)
+        except ChannelError:
+            pass
+        except Exception as exc:
+            log.exception("peer=%s channel=%d event=handler_failed", self.name, channel.id)
+            channel.reset(ResetCode.CLOSED, f"internal error: {type(exc).__name__}")
+        finally:
+            if not channel.closed:
+                channel.reset(ResetCode.CLOSED, "handler ended")
+
+    def _forget(self, channel: Channel) -> None:
+        self._channels.pop(channel.id, None)
+        self._blocked_on_session.discard(channel)
+        if channel.reset_reason is not None:
+            # Nothing more will be sent on it; frames still queued are moot.
+            self._outq.pop(channel, None)
+            self._queued.pop(channel, None)
+
+    def send_message(self, message: Message) -> None:
+        if self.closed:
+            return
+        payload = msgs.encode_message(message)
+        if len(payload) > limits.MAX_CONTROL_MESSAGE:
+            raise ProtocolError(f"control message of {len(payload)} bytes is too large to send")
+        self._queue_control(encode_frame(FrameType.MESSAGE, 0, payload=payload))
+
+    # --- flow control (called by channels) ------------------------------------------
+
+    def _reserve_send(self, channel: Channel, wanted: int) -> int:
+        n = min(
+            wanted,
+            channel.send_window.available,
+            self.send_window.available,
+            limits.MAX_FRAME_PAYLOAD,
+        )
+        if n <= 0:
+            if self.send_window.available <= 0:
+                self._blocked_on_session.add(channel)
+            return 0
+        channel.send_window.spend(n)
+        self.send_window.spend(n)
+        return n
+
+    def _try_reserve_whole(self, channel: Channel, size: int) -> bool:
+        if (
+            size > channel.send_window.available
+            or size > self.send_window.available
+            or self._queued.get(channel, 0) > CHANNEL_WRITE_QUEUE
+        ):
+            return False
+        channel.send_window.spend(size)
+        self.send_window.spend(size)
+        return True
+
+    def _on_consumed(self, channel: Channel, n: int) -> None:
+        now = trio.current_time()
+        if not channel.closed:
+            credit = channel.receive_window.on_consumed(n, now, self.rtt)
+            if credit:
+                self._queue_control(encode_frame(FrameType.WINDOW_UPDATE, channel.id, value=credit))
+        self._consume_session(n, now)
+
+    def _consume_session(self, n: int, now: float) -> None:
+        credit = self.receive_window.on_consumed(n, now, None)
+        if credit:
+            self._queue_control(encode_frame(FrameType.WINDOW_UPDATE, 0, value=credit))
+
+    # --- writer ---------------------------------------------------------------------
+
+    def _wake_writer(self) -> None:
+        self._writer_wakeup.set()
+
+    def _queue_control(self, frame: bytes) -> None:
+        if self.closed:
+            return
+        self._control.append(frame)
+        self._wake_writer()
+
+    def _queue_channel_frame(self, channel: Channel, frame: bytes, size: int) -> None:
+        queue = self._outq.get(channel)
+        if queue is None:
+            queue = self._outq[channel] = collections.deque()
+            self._queued[channel] = 0
+            self._ready.append(channel)
+        queue.append(frame)
+        self._queued[channel] += size
+        self._wake_writer()
+
+    def _queue_data(self, channel: Channel, payload: bytes) -> None:
+        self._queue_channel_frame(
+            channel, encode_header(FrameType.DATA, channel.id, 0, len(payload)) + payload, len(payload)
+        )
+
+    def _queue_fin(self, channel: Channel) -> None:
+        # In the channel's own queue, so the FIN follows that channel's data.
+        self._queue_channel_frame(channel, encode_frame(FrameType.DATA, channel.id, Flag.FIN), 0)
+        if channel.closed:
+            self._forget(channel)
+
+    def _queue_accept(self, channel: Channel) -> None:
+        self._queue_control(encode_frame(FrameType.ACCEPT, channel.id))
+
+    def _queue_reset(self, channel: Channel, reason: ResetReason) -> None:
+        self._queue_control(encode_frame(FrameType.RESET, channel.id, payload=msgs.encode_reset(reason)))
+
+    def queued_for(self, channel: Channel) -> int:
+        return self._queued.get(channel, 0)
+
+    async def _writer(self) -> None:
+        max_batch = self.link.max_plaintext
+        while True:
+            if not self._control and not self._ready:
+                await self._writer_wakeup.wait()
+                self._writer_wakeup = trio.Event()
+                continue
+            parts: list[bytes] = []
+            size = 0
+            control = self._control
+            while control and size < max_batch:
+                frame = control.popleft()
+                parts.append(frame)
+                size += len(frame)
+            ready = self._ready
+            while ready and size < max_batch:
+                channel = ready.popleft()
+                queue = self._outq.get(channel)
+                if not queue:
+                    self._outq.pop(channel, None)
+                    self._queued.pop(channel, None)
+                    continue
+                frame = queue.popleft()
+                parts.append(frame)
+                size += len(frame)
+                self._queued[channel] -= max(0, len(frame) - 12)
+                if queue:
+                    ready.append(channel)
+                else:
+                    del self._outq[channel]
+                    del self._queued[channel]
+                channel._credit_changed()
+            blob = b"".join(parts) if len(parts) > 1 else parts[0]
+            try:
+                for offset in range(0, len(blob), max_batch):
+                    await self.link.send_record(blob[offset : offset + max_batch])
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self._fail(ConnectionError(f"link write failed: {exc}"))
+                return
+
+    # --- reader ---------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                records = await self.link.receive_records()
+                if not records:
+                    self.close_reason = self.close_reason or "peer closed the link"
+                    log.info("peer=%s event=link_eof", self.name)
+                    self._terminate(ResetReason(ResetCode.LINK_CLOSED, "peer closed the link"))
+                    return
+                self._last_received = trio.current_time()
+                for record in records:
+                    for frame in self._decoder.feed(record):
+                        self._dispatch(frame)
+        except ProtocolError as exc:
+            self._fail(exc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._fail(ConnectionError(f"link read failed: {exc}"))
+
+    def _dispatch(self, frame) -> None:
+        ftype = frame.type
+        if ftype is FrameType.DATA:
+            self._on_data(frame)
+        elif ftype is FrameType.WINDOW_UPDATE:
+            self._on_window_update(frame.channel, frame.value)
+        elif ftype is FrameType.OPEN:
+            self._on_open(frame.channel, frame.payload)
+        elif ftype is FrameType.ACCEPT:
+            channel = self._channels.get(frame.channel)
+            if channel is not None:
+                channel.accepted.set()
+        elif ftype is FrameType.RESET:
+            channel = self._channels.get(frame.channel)
+            if channel is not None:
+                channel._mark_reset(msgs.decode_reset(frame.payload))
+        elif ftype is FrameType.PING:
+            self._on_ping(frame)
+        elif ftype is FrameType.GO_AWAY:
+            self.remote_going_away = True
+            log.info("peer=%s event=go_away code=%d", self.name, frame.value)
+        elif ftype is FrameType.MESSAGE:
+            self._on_control_message(frame.payload)
+
+    def _on_data(self, frame) -> None:
+        n = len(frame.payload)
+        self.receive_window.on_received(n)
+        channel = self._channels.get(frame.channel)
+        if channel is None or channel.reset_reason is not None or channel.remote_fin:
+            # Late data for a channel we already reset: give the session credit back.
+            if n:
+                self._consume_session(n, trio.current_time())
+            return
+        if n:
+            channel.receive_window.on_received(n)
+            channel._deliver(frame.payload)
+        if frame.flags & Flag.FIN:
+            channel._deliver_fin()
+            if channel.closed:
+                self._forget(channel)
+
+    def _on_window_update(self, channel_id: int, credit: int) -> None:
+        if channel_id == 0:
+            self.send_window.grant(credit)
+            blocked, self._blocked_on_session = self._blocked_on_session, set()
+            for channel in blocked:
+                channel._credit_changed()
+            return
+        channel = self._channels.get(channel_id)
+        if channel is not None:
+            channel.send_window.grant(credit)
+            channel._credit_changed()
+
+    def _on_open(self, channel_id: int, payload: bytes) -> None:
+        mine = 1 if self.link.initiator else 0
+        if channel_id % 2 == mine or channel_id <= self._last_remote_id:
+            raise ProtocolError(f"peer opened channel {channel_id}, which is not its to open")
+        self._last_remote_id = channel_id
+        reason: ResetReason | None = None
+        request = None
+        try:
+            request = msgs.decode_open(payload)
+        except msgs.MessageError as exc:
+            reason = ResetReason(ResetCode.PROTOCOL_ERROR, str(exc))
+        if self.going_away:
+            reason = ResetReason(ResetCode.GOING_AWAY, "peer is shutting down")
+        elif len(self._channels) >= limits.MAX_CHANNELS_PER_SESSION:
+            reason = ResetReason(ResetCode.REFUSED, "too many channels on this link")
+        if reason is not None or request is None or self._nursery is None:
+            log.info("peer=%s channel=%d event=open_refused reason=%r", self.name, channel_id, str(reason))
+            self._queue_control(
+                encode_frame(FrameType.RESET, channel_id, payload=msgs.encode_reset(reason))
+            )
+            return
+        channel = Channel(self, channel_id, request)
+        self._channels[channel_id] = channel
+        self._nursery.start_soon(self._run_incoming, channel)
+
+    def _on_ping(self, frame) -> None:
+        if frame.flags & Flag.ACK:
+            if frame.value == self._ping_token and self._ping_sent_at is not None:
+                sample = trio.current_time() - self._ping_sent_at
+                self.rtt = sample if self.rtt is None else 0.8 * self.rtt + 0.2 * sample
+                self._ping_sent_at = None
+            return
+        self._queue_control(encode_frame(FrameType.PING, 0, Flag.ACK, value=frame.value))
+
+    def _on_control_message(self, payload: bytes) -> None:
+        try:
+            message = msgs.decode_message(payload)
+        except msgs.MessageError as exc:
+            log.warning("peer=%s event=bad_control_message error=%r", self.name, str(exc))
+            return
+        self._on_message(message)
+
+    # --- keepalive ------------------------------------------------------------------
+
+    def _send_ping(self) -> None:
+        self._ping_token = (self._ping_token + 1) & 0xFFFFFFFF
+        self._ping_sent_at = trio.current_time()
+        self._queue_control(encode_frame(FrameType.PING, 0, value=self._ping_token))
+
+    async def _keepalive(self) -> None:
+        self._send_ping()  # first RTT sample, for window auto-tuning
+        while True:
+            await trio.sleep(limits.KEEPALIVE_INTERVAL_S)
+            silent = trio.current_time() - self._last_received
+            if silent >= limits.DEAD_PEER_TIMEOUT_S:
+                self._fail(ConnectionError(f"peer silent for {silent:.0f}s (dead peer timeout)"))
+                return
+            self._send_ping()

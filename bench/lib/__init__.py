@@ -1,0 +1,1 @@
+"""Building blocks of the benchmark: processes, backend servers, tunnel targets, meters."""

@@ -115,21 +115,30 @@ class _TooLarge(Exception):
 async def _read_request(stream: trio.SocketStream, conn: h11.Connection) -> Request | None:
     head: h11.Request | None = None
     body = bytearray()
+    head_bytes = 0
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
             data = await stream.receive_some(16384)
+            if head is None:
+                # h11 only bounds a head still incomplete in its buffer; one that
+                # completes in the same read as it overflows would slip through.
+                head_bytes += len(data)
+                if head_bytes > limits.HTTP_MAX_HEADER_BYTES + limits.HTTP_MAX_BODY_BYTES:
+                    raise _TooLarge(431)
             conn.receive_data(data)  # b"" marks EOF
             if not data and head is None and conn.their_state is h11.IDLE:
                 return None
             continue
         if isinstance(event, h11.Request):
             head = event
+            if sum(len(n) + len(v) + 4 for n, v in event.headers) > limits.HTTP_MAX_HEADER_BYTES:
+                raise _TooLarge(431)
             continue
         if isinstance(event, h11.Data):
             body += event.data
             if len(body) > limits.HTTP_MAX_BODY_BYTES:
-                raise _TooLarge()
+                raise _TooLarge(413)
             continue
         if isinstance(event, h11.EndOfMessage):
             assert head is not None
@@ -181,8 +190,11 @@ async def _serve_connection(stream: trio.SocketStream, handler: Handler) -> None
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     await _send(stream, conn, json_response(status, {"error": "bad_request"}))
                 return
-            except _TooLarge:
-                await _send(stream, conn, json_response(413, {"error": "body_too_large"}))
+            except _TooLarge as exc:
+                status = exc.args[0]
+                error = "headers_too_large" if status == 431 else "body_too_large"
+                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    await _send(stream, conn, json_response(status, {"error": error}))
                 return
             if request is None:
                 return

@@ -303,3 +303,22 @@ def test_wire_round_trip_decides_the_same(defaults, ips, client, port, protocol,
     p = policy(doc)
     again = IngressPolicy.from_wire(json.loads(json.dumps(p.to_wire())))
     assert again.decide(client, port, protocol, now) == p.decide(client, port, protocol, now)
+
+
+def test_example_policy_files_load_and_mean_what_they_say():
+    from pathlib import Path
+
+    services = Path(__file__).resolve().parents[2] / "services"
+    example = load_policy([str(services / "policy-example.json")])
+    assert example.decide("10.9.9.9", 443, "tcp", 0).bandwidth is None
+    assert example.decide("10.9.9.9", 443, "tcp", 0).labels == ("trusted",)
+    assert example.decide("192.168.1.50", 8080, "tcp", 0).labels == ("partner",)
+    assert example.decide("192.168.1.50", 22, "tcp", 0).labels == ("public",)
+    assert not example.decide("203.0.113.9", 443, "tcp", 0).allowed
+    assert example.decide("198.51.100.7", 443, "tcp", 0).bandwidth == BandwidthLimit(100)
+    assert example.decide("198.51.100.7", 443, "tcp", 1893456000000).bandwidth == BandwidthLimit(10, 20)
+
+    deny = load_policy([str(services / "policy-deny-by-default.json")])
+    assert deny.decide("::ffff:127.0.0.1", 80, "tcp", 0).allowed
+    assert deny.decide("::1", 80, "udp", 0).labels == ("local",)
+    assert not deny.decide("192.0.2.1", 80, "tcp", 0).allowed

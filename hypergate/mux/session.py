@@ -114,6 +114,11 @@ class MuxSession:
         self.close_reason = self.close_reason or "closed by us"
         self._terminate(ResetReason(ResetCode.GOING_AWAY, "peer shut down"))
 
+    def abort(self, reason: str) -> None:
+        """Close now, from synchronous code: every channel is reset with `reason`."""
+        self.close_reason = self.close_reason or reason
+        self._terminate(ResetReason(ResetCode.LINK_CLOSED, reason))
+
     def _terminate(self, reason: ResetReason) -> None:
         if self.closed:
             return

@@ -17,8 +17,6 @@ from ..errors import ProtocolError
 
 PROTOCOL_VERSION = 1
 
-Role = Literal["provider", "gateway"]
-
 
 class MessageError(ProtocolError):
     """A control message that does not parse or does not fit its schema."""
@@ -26,11 +24,15 @@ class MessageError(ProtocolError):
 
 @attrs.frozen
 class Hello:
-    """First message on every link, both ways: who the peer is and what it speaks."""
+    """First message on every link, both ways: who the peer is and what it speaks.
+
+    A process may be provider, gateway or both; a link is kept only when one side
+    provides what the other gateways."""
 
     type: Literal["hello"]
-    role: Role
     version: int
+    provider: bool = False
+    gateway: bool = False
     name: str = ""
 
 

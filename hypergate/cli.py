@@ -1,0 +1,187 @@
+"""Command line: the Node.js original's flags, plus direct-mode peering.
+
+Every option also reads a HYPERGATE_<UPPER_SNAKE> environment variable (flag first, then
+variable, then default). Repeatable options take a comma-separated list in their
+variable, except those whose values are JSON documents (--provider, --ingressPolicy),
+which take one document.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import asyncclick as click
+import trio
+
+from . import __version__
+from .app import Node, NodeConfig
+from .config import load_filters, load_services
+from .crypto.keys import new_router_secret, parse_router_secret
+from .errors import ConfigError, HypergateError
+from .roles.routes import ExposurePolicy
+from .router import PeerAddress
+
+log = logging.getLogger("hypergate")
+
+
+class CommaList(click.ParamType):
+    """A value for a repeatable option whose environment variable is comma-separated."""
+
+    name = "text"
+    envvar_list_splitter = ","
+
+    def split_envvar_value(self, rv: str):  # click calls this for multiple=True options
+        return [part.strip() for part in rv.split(",") if part.strip()]
+
+
+class SingleDocument(click.ParamType):
+    """A JSON document, path or URL: its environment variable is one value, never split."""
+
+    name = "json|path|url"
+
+    def split_envvar_value(self, rv: str):
+        return [rv] if rv.strip() else []
+
+
+def parse_peer_address(text: str) -> PeerAddress:
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"--peer: expected HOST:PORT, got {text!r}")
+    return PeerAddress(host, int(port))
+
+
+def _env(name: str) -> str:
+    return f"HYPERGATE_{name}"
+
+
+def setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s %(message)s", "%H:%M:%S")
+    )
+    root = logging.getLogger("hypergate")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+def _gateway_option(value: str | None) -> tuple[bool, str | None]:
+    """--gateway alone enables the gateway; --gateway VALUE also gives its filter."""
+    if value is None:
+        return False, None
+    stripped = value.strip()
+    if stripped.lower() in ("", "1", "true", "yes", "on"):
+        return True, None
+    if stripped.lower() in ("0", "false", "no", "off"):
+        return False, None
+    return True, value
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hypergate")
+@click.option("--new", "new_secret", is_flag=True, envvar=_env("NEW"), help="Print a fresh router secret and exit.")
+@click.option("--router", envvar=_env("ROUTER"), metavar="SECRET", help="Router secret shared by all peers (hex).")
+@click.option(
+    "--provider", "providers", multiple=True, type=SingleDocument(), envvar=_env("PROVIDER"),
+    help="Services to provide: JSON text, a file path or a URL. Repeatable.",
+)
+@click.option(
+    "--gateway", is_flag=False, flag_value="", default=None, envvar=_env("GATEWAY"),
+    metavar="[FILTER]", help="Run as gateway; optional filter of services to expose (JSON, path or URL).",
+)
+@click.option("--listen", default="127.0.0.1", show_default=True, envvar=_env("LISTEN"), help="Address the gateway's gates listen on.")
+@click.option(
+    "--exposeOnlyServices", "expose_only_services", default=None, envvar=_env("EXPOSE_ONLY_SERVICES"),
+    metavar="HOST,HOST", help="Gateway: expose only services with these serviceHost names.",
+)
+@click.option("--peerPort", "peer_port", type=click.IntRange(0, 65535), default=None, envvar=_env("PEER_PORT"), help="Listen for peers on this TCP port (direct mode).")
+@click.option("--peerHost", "peer_host", default="0.0.0.0", show_default=True, envvar=_env("PEER_HOST"), help="Address the peer port listens on.")
+@click.option(
+    "--peer", "peers", multiple=True, type=CommaList(), envvar=_env("PEER"),
+    metavar="HOST:PORT", help="Connect to a peer at this address (direct mode). Repeatable.",
+)
+@click.option("--verbose", is_flag=True, envvar=_env("VERBOSE"), help="Debug logging.")
+@click.pass_context
+async def main_group(
+    ctx: click.Context,
+    new_secret: bool,
+    router: str | None,
+    providers: tuple[str, ...],
+    gateway: str | None,
+    listen: str,
+    expose_only_services: str | None,
+    peer_port: int | None,
+    peer_host: str,
+    peers: tuple[str, ...],
+    verbose: bool,
+) -> None:
+    """hypergate: expose services of a provider as ports of a gateway, over an encrypted
+    peer-to-peer link. Run `hypergate demo` for a working example on this machine."""
+    setup_logging(verbose)
+    if ctx.invoked_subcommand is not None:
+        return
+    if new_secret:
+        click.echo(new_router_secret())
+        return
+    if router is None:
+        raise ConfigError("--router is required (make a secret with `hypergate --new`)")
+    is_gateway, filter_source = _gateway_option(gateway)
+    if not providers and not is_gateway:
+        raise ConfigError("nothing to do: give --provider FILE and/or --gateway")
+    secret = parse_router_secret(router)
+    services = None
+    if providers:
+        services = []
+        for source in providers:
+            services.extend(await trio.to_thread.run_sync(load_services, source))
+    filters = None
+    if filter_source is not None:
+        filters = tuple(await trio.to_thread.run_sync(load_filters, filter_source))
+    only_hosts = None
+    if expose_only_services:
+        only_hosts = frozenset(h.strip() for h in expose_only_services.split(",") if h.strip())
+    peer_addresses = tuple(parse_peer_address(p) for value in peers for p in value.split(",") if p.strip())
+    if peer_port is None and not peer_addresses:
+        log.warning("event=no_peers hint='give --peerPort PORT and/or --peer HOST:PORT'")
+    config = NodeConfig(
+        router_secret=secret,
+        services=tuple(services) if services is not None else None,
+        gateway=is_gateway,
+        exposure=ExposurePolicy(filters, only_hosts),
+        listen=listen,
+        peer_host=peer_host,
+        peer_port=peer_port,
+        peers=peer_addresses,
+    )
+    node = Node.build(config)
+    log.info(
+        "event=starting provider=%s services=%d gateway=%s topic=%s",
+        services is not None, len(services or ()), is_gateway, node.router.keys.topic.hex()[:16],
+    )
+    await node.run_until_signalled()
+
+
+@main_group.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help="Gate port (0: any free port).")
+async def demo(port: int) -> None:
+    """Provider + gateway + a small HTTP service on this machine; prints a curl line."""
+    from .demo import run_demo
+
+    await run_demo(port)
+
+
+def main() -> None:
+    try:
+        main_group(_anyio_backend="trio", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except HypergateError as exc:
+        print(f"hypergate: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,109 @@
+"""Moving bytes between a local socket and a channel, both directions.
+
+TCP: half-close travels both ways (EOF on the socket becomes FIN on the channel and back),
+so a client that shuts down its write side still gets the whole reply. If the channel is
+reset (peer gone, service failed, data lost), the local socket is aborted with a TCP RST,
+never closed with a clean EOF that would pass for a complete transfer.
+
+UDP: one datagram is one DATA frame; a flow ends after an idle period with no datagram
+either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+
+import trio
+
+from .. import limits
+from ..mux.channel import Channel, ChannelReset
+from ..wire.messages import ResetCode
+
+log = logging.getLogger(__name__)
+
+_LINGER_ABORT = struct.pack("ii", 1, 0)
+
+
+def abort_socket(stream: trio.SocketStream) -> None:
+    """Close with RST: the other end sees 'connection reset', not a clean end of data."""
+    try:
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+    except OSError:
+        pass
+    stream.socket.close()
+
+
+async def splice_tcp(stream: trio.SocketStream, channel: Channel) -> None:
+    """Forward until both directions ended (or one failed). Closes `stream`."""
+    failed: list[str] = []
+
+    async def socket_to_channel() -> None:
+        try:
+            while True:
+                data = await stream.receive_some(limits.SOCKET_READ_SIZE)
+                if not data:
+                    await channel.send_eof()
+                    return
+                await channel.send(data)
+        except (trio.BrokenResourceError, OSError) as exc:
+            failed.append(f"socket read failed: {exc}")
+            channel.reset(ResetCode.CLOSED, "the other end's socket failed")
+            nursery.cancel_scope.cancel()
+
+    async def channel_to_socket() -> None:
+        try:
+            while True:
+                data = await channel.receive()
+                if not data:
+                    await stream.send_eof()
+                    return
+                await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            failed.append(f"socket write failed: {exc}")
+            channel.reset(ResetCode.CLOSED, "the other end's socket failed")
+            nursery.cancel_scope.cancel()
+
+    reset = False
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(socket_to_channel)
+            nursery.start_soon(channel_to_socket)
+    except* ChannelReset as group:
+        reset = True
+        log.debug("channel=%d event=reset reason=%r", channel.id, str(group.exceptions[0]))
+    if reset or failed:
+        abort_socket(stream)
+    else:
+        await stream.aclose()
+
+
+class IdleTimer:
+    """Tracks the last datagram either way; `expired()` once nothing moved for `timeout`."""
+
+    def __init__(self, timeout: float = limits.UDP_IDLE_TIMEOUT_S) -> None:
+        self.timeout = timeout
+        self.last_active = trio.current_time()
+
+    def touch(self) -> None:
+        self.last_active = trio.current_time()
+
+    @property
+    def deadline(self) -> float:
+        return self.last_active + self.timeout
+
+
+async def channel_datagrams(channel: Channel, idle: IdleTimer, deliver) -> None:
+    """Pass each datagram from the channel to `deliver` until the flow is idle or ends."""
+    while True:
+        with trio.move_on_at(idle.deadline):
+            datagram = await channel.receive()
+            if not datagram:
+                return
+            idle.touch()
+            await deliver(datagram)
+            continue
+        if trio.current_time() >= idle.deadline:
+            channel.reset(ResetCode.CLOSED, f"UDP flow idle for {idle.timeout:g}s")
+            return

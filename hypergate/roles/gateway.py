@@ -1,0 +1,285 @@
+"""Gateway: exposes the gates providers advertise and forwards each client over a channel.
+
+One listener per gate (gatePort, protocol) on --listen, opened when the first provider
+advertises it and closed when none is left. Each new client goes to the next provider in
+round-robin order; if that provider cannot reach its service, the next one is tried at
+once, and the client is turned away only when none can serve it.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from .. import limits
+from ..mux.channel import Channel, ChannelReset
+from ..peer import PeerConnection
+from ..wire.messages import RETRYABLE_CODES, Message, OpenRequest, ResetCode, RouteEntry, Routes
+from .forwarding import IdleTimer, abort_socket, channel_datagrams, splice_tcp
+from .routes import ExposurePolicy, GateKey, RouteTable
+
+log = logging.getLogger(__name__)
+
+# A gate whose port cannot be bound (in use, no permission) is retried this often.
+GATE_RETRY_S = 30.0
+# Datagrams of a new UDP flow kept while its channel opens; more are dropped.
+UDP_PENDING_DATAGRAMS = 64
+
+
+@attrs.frozen
+class Admission:
+    """What an ingress policy decided for one client of one gate."""
+
+    allowed: bool = True
+    reason: str = ""
+    labels: tuple[str, ...] = ()
+    shaper: Any = None  # per-channel bandwidth shaper, when a limit applies
+
+
+# (client ip, gate, the route chosen) -> Admission. Replaced when policies are enabled.
+AdmissionCheck = Callable[[str, GateKey, RouteEntry], Admission]
+
+
+def admit_everyone(client_ip: str, key: GateKey, entry: RouteEntry) -> Admission:
+    return Admission()
+
+
+class Gateway:
+    def __init__(
+        self,
+        listen_host: str = "127.0.0.1",
+        exposure: ExposurePolicy = ExposurePolicy(),
+        admission: AdmissionCheck = admit_everyone,
+    ) -> None:
+        self.listen_host = listen_host
+        self.routes: RouteTable[PeerConnection] = RouteTable(exposure)
+        self.admission = admission
+        self._gate_scopes: dict[GateKey, trio.CancelScope] = {}
+        self.open_gates: dict[GateKey, int] = {}  # gate -> bound port, once listening
+        self.gates_changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self.datagrams_dropped = 0
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._expire_routes)
+            task_status.started()
+
+    async def _expire_routes(self) -> None:
+        while True:
+            await trio.sleep(limits.ROUTE_EXPIRY_S / 4)
+            for peer in self.routes.expire(trio.current_time()):
+                log.warning("peer=%s event=routes_expired", peer.name)
+            self._sync_gates()
+
+    # --- peer hooks -----------------------------------------------------------------
+
+    def peer_ready(self, peer: PeerConnection) -> None:
+        pass  # routes arrive in the provider's first message
+
+    def peer_lost(self, peer: PeerConnection) -> None:
+        self.routes.remove_peer(peer)
+        self._sync_gates()
+
+    def on_message(self, peer: PeerConnection, message: Message) -> None:
+        if isinstance(message, Routes) and peer.is_provider:
+            self.routes.replace(peer, message.routes, trio.current_time(), limits.ROUTE_EXPIRY_S)
+            log.debug("peer=%s event=routes_received count=%d", peer.name, len(message.routes))
+            self._sync_gates()
+
+    async def handle_channel(self, peer: PeerConnection, channel: Channel) -> None:
+        channel.reset(ResetCode.REFUSED, "gateways do not accept channels")
+
+    # --- gates ----------------------------------------------------------------------
+
+    def _sync_gates(self) -> None:
+        if self._nursery is None:
+            return
+        wanted = self.routes.gates()
+        for key in list(self._gate_scopes):
+            if key not in wanted:
+                self._gate_scopes.pop(key).cancel()
+        for key in sorted(wanted - set(self._gate_scopes)):
+            scope = trio.CancelScope()
+            self._gate_scopes[key] = scope
+            self._nursery.start_soon(self._run_gate, key, scope)
+
+    async def _run_gate(self, key: GateKey, scope: trio.CancelScope) -> None:
+        with scope:
+            try:
+                while True:
+                    try:
+                        if key.protocol == "udp":
+                            await self._serve_udp_gate(key)
+                        else:
+                            await self._serve_tcp_gate(key)
+                    except OSError as exc:
+                        log.error(
+                            "gate=%s event=gate_listen_failed host=%s error=%r retry_in=%gs",
+                            key, self.listen_host, exc.strerror or str(exc), GATE_RETRY_S,
+                        )
+                    await trio.sleep(GATE_RETRY_S)
+            finally:
+                if self.open_gates.pop(key, None) is not None:
+                    log.info("gate=%s event=gate_closed", key)
+                    self._signal_gates_changed()
+
+    def _gate_opened(self, key: GateKey, port: int) -> None:
+        self.open_gates[key] = port
+        log.info("gate=%s event=gate_open host=%s port=%d", key, self.listen_host, port)
+        self._signal_gates_changed()
+
+    def _signal_gates_changed(self) -> None:
+        self.gates_changed.set()
+        self.gates_changed = trio.Event()
+
+    async def _open_channel(
+        self, key: GateKey, client_ip: str, client_port: int, local: tuple
+    ) -> tuple[Channel, Admission] | None:
+        """Try the gate's providers in round-robin order; None when none can serve."""
+        deadline = trio.current_time() + limits.OPEN_TOTAL_TIMEOUT_S
+        for peer, entry in self.routes.rotation(key):
+            session = peer.session
+            if session is None or not session.usable:
+                continue
+            admission = self.admission(client_ip, key, entry)
+            if not admission.allowed:
+                log.info(
+                    "gate=%s client=%s:%d event=client_denied reason=%r",
+                    key, client_ip, client_port, admission.reason,
+                )
+                return None
+            request = OpenRequest(
+                gatePort=key.port,
+                protocol=key.protocol,
+                fingerprint={
+                    "id": secrets.token_hex(8),
+                    "openedAt": int(time.time() * 1000),
+                    "protocol": key.protocol,
+                    "gatePort": key.port,
+                    "clientIp": client_ip,
+                    "clientPort": client_port,
+                    "gatewayIp": local[0],
+                    "gatewayPort": local[1],
+                    "labels": list(admission.labels),
+                },
+            )
+            remaining = deadline - trio.current_time()
+            if remaining <= 0:
+                break
+            try:
+                channel = await session.open_channel(
+                    request, timeout=min(limits.OPEN_TIMEOUT_S, remaining)
+                )
+            except ChannelReset as exc:
+                log.warning(
+                    "gate=%s client=%s:%d peer=%s event=open_failed reason=%r",
+                    key, client_ip, client_port, peer.name, str(exc),
+                )
+                if exc.reason.code not in RETRYABLE_CODES:
+                    return None
+                continue
+            return channel, admission
+        log.warning("gate=%s client=%s:%d event=no_provider_available", key, client_ip, client_port)
+        return None
+
+    # --- TCP ------------------------------------------------------------------------
+
+    async def _serve_tcp_gate(self, key: GateKey) -> None:
+        listeners = await trio.open_tcp_listeners(key.port, host=self.listen_host)
+        self._gate_opened(key, listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(functools.partial(self._serve_tcp_client, key), listeners)
+
+    async def _serve_tcp_client(self, key: GateKey, stream: trio.SocketStream) -> None:
+        try:
+            client_ip, client_port = stream.socket.getpeername()[:2]
+            local = stream.socket.getsockname()[:2]
+        except OSError:
+            await stream.aclose()
+            return
+        opened = await self._open_channel(key, client_ip, client_port, local)
+        if opened is None:
+            abort_socket(stream)
+            return
+        channel, admission = opened
+        await splice_tcp(stream, channel)
+
+    # --- UDP ------------------------------------------------------------------------
+
+    async def _serve_udp_gate(self, key: GateKey) -> None:
+        family = socket.AF_INET6 if ":" in self.listen_host else socket.AF_INET
+        sock = trio.socket.socket(family, socket.SOCK_DGRAM)
+        with sock:
+            await sock.bind((self.listen_host, key.port))
+            self._gate_opened(key, sock.getsockname()[1])
+            flows: dict[Any, _UdpFlow] = {}
+            async with trio.open_nursery() as nursery:
+                while True:
+                    datagram, client = await sock.recvfrom(limits.MAX_DATAGRAM)
+                    flow = flows.get(client)
+                    if flow is None:
+                        if len(flows) >= limits.MAX_UDP_FLOWS_PER_GATE:
+                            self.datagrams_dropped += 1
+                            continue
+                        flow = flows[client] = _UdpFlow(client)
+                        nursery.start_soon(self._run_udp_flow, key, sock, flow, flows)
+                    if not flow.push(datagram):
+                        self.datagrams_dropped += 1
+
+    async def _run_udp_flow(self, key: GateKey, sock, flow: _UdpFlow, flows: dict) -> None:
+        try:
+            opened = await self._open_channel(key, flow.client[0], flow.client[1], sock.getsockname()[:2])
+            if opened is None:
+                return
+            channel, _ = opened
+            flow.attach(channel)
+
+            async def to_client(datagram: bytes) -> None:
+                await sock.sendto(datagram, flow.client)
+
+            try:
+                await channel_datagrams(channel, flow.idle, to_client)
+            except ChannelReset:
+                pass
+            finally:
+                channel.reset(ResetCode.CLOSED, "UDP flow ended")
+        finally:
+            flows.pop(flow.client, None)
+
+
+class _UdpFlow:
+    """One UDP client address at a gate: its channel, once open, and its idle timer."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.idle = IdleTimer()
+        self.channel: Channel | None = None
+        self.pending: collections.deque[bytes] = collections.deque()
+
+    def push(self, datagram: bytes) -> bool:
+        self.idle.touch()
+        if self.channel is None:
+            if len(self.pending) >= UDP_PENDING_DATAGRAMS:
+                return False
+            self.pending.append(datagram)
+            return True
+        try:
+            return self.channel.try_send_datagram(datagram)
+        except (ChannelReset, Exception):
+            return False
+
+    def attach(self, channel: Channel) -> None:
+        self.channel = channel
+        while self.pending:
+            if not channel.try_send_datagram(self.pending.popleft()):
+                break

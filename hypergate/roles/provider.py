@@ -1,0 +1,186 @@
+"""Provider: advertises its services to gateways and connects their channels to them.
+
+Providers are authoritative for routes: every admitted gateway gets the complete route
+list at once, again whenever it changes, and every ROUTE_REFRESH_S in any case.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from .. import limits
+from ..config import Service
+from ..mux.channel import Channel, ChannelReset
+from ..peer import PeerConnection
+from ..wire.messages import Message, ResetCode, RouteEntry, Routes
+from .forwarding import IdleTimer, channel_datagrams, splice_tcp
+
+log = logging.getLogger(__name__)
+
+# Called with (channel, the provider's outbound socket name, the service address) while a
+# forwarded TCP connection is open, and with None when it closes: the fingerprint
+# resolver's registry hangs here.
+ConnectionObserver = Callable[[Channel, PeerConnection, tuple | None, tuple | None], None]
+
+
+class Provider:
+    def __init__(self, services: list[Service], policy: dict[str, Any] | None = None) -> None:
+        self._services = list(services)
+        self._policy = policy
+        self.gateways: set[PeerConnection] = set()
+        self.observers: list[ConnectionObserver] = []
+        self.datagrams_dropped = 0
+
+    @property
+    def services(self) -> list[Service]:
+        return list(self._services)
+
+    def set_services(self, services: list[Service]) -> None:
+        if services != self._services:
+            self._services = list(services)
+            log.info("event=services_changed count=%d", len(services))
+            self.advertise_all()
+
+    def set_policy(self, policy: dict[str, Any] | None) -> None:
+        if policy != self._policy:
+            self._policy = policy
+            self.advertise_all()
+
+    def routes_message(self) -> Routes:
+        return Routes(
+            type="routes", routes=[RouteEntry(service, self._policy) for service in self._services]
+        )
+
+    def advertise(self, peer: PeerConnection) -> None:
+        if peer.session is not None:
+            peer.session.send_message(self.routes_message())
+
+    def advertise_all(self) -> None:
+        for peer in list(self.gateways):
+            self.advertise(peer)
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await trio.sleep(limits.ROUTE_REFRESH_S)
+            self.advertise_all()
+
+    # --- peer hooks -----------------------------------------------------------------
+
+    def peer_ready(self, peer: PeerConnection) -> None:
+        if peer.is_gateway:
+            self.gateways.add(peer)
+            self.advertise(peer)
+            log.info("peer=%s event=routes_advertised services=%d", peer.name, len(self._services))
+
+    def peer_lost(self, peer: PeerConnection) -> None:
+        self.gateways.discard(peer)
+
+    def on_message(self, peer: PeerConnection, message: Message) -> None:
+        pass  # gateways send providers nothing but channels
+
+    def find_service(self, gate_port: int, protocol: str) -> Service | None:
+        for service in self._services:
+            if service.gatePort == gate_port and service.protocol == protocol:
+                return service
+        return None
+
+    async def handle_channel(self, peer: PeerConnection, channel: Channel) -> None:
+        request = channel.request
+        service = self.find_service(request.gatePort, request.protocol)
+        if service is None:
+            channel.reset(
+                ResetCode.NO_SUCH_SERVICE,
+                f"this provider serves no {request.protocol} gate {request.gatePort}",
+            )
+            return
+        if service.protocol == "udp":
+            await self._serve_udp(peer, service, channel)
+        else:
+            await self._serve_tcp(peer, service, channel)
+
+    # --- TCP ------------------------------------------------------------------------
+
+    async def _serve_tcp(self, peer: PeerConnection, service: Service, channel: Channel) -> None:
+        target = f"{service.serviceHost}:{service.servicePort}"
+        try:
+            with trio.fail_after(limits.SERVICE_CONNECT_TIMEOUT_S):
+                stream = await trio.open_tcp_stream(service.serviceHost, service.servicePort)
+        except trio.TooSlowError:
+            self._refuse(peer, channel, target, f"connect timed out after {limits.SERVICE_CONNECT_TIMEOUT_S:g}s")
+            return
+        except OSError as exc:
+            self._refuse(peer, channel, target, exc.strerror or str(exc))
+            return
+        local = stream.socket.getsockname()
+        remote = stream.socket.getpeername()
+        self._notify(channel, peer, local, remote)
+        try:
+            channel.accept()
+            log.debug("peer=%s channel=%d event=connected service=%s", peer.name, channel.id, target)
+            await splice_tcp(stream, channel)
+        finally:
+            self._notify(channel, peer, None, None)
+
+    def _refuse(self, peer: PeerConnection, channel: Channel, target: str, reason: str) -> None:
+        log.warning(
+            "peer=%s channel=%d event=service_unreachable service=%s error=%r",
+            peer.name, channel.id, target, reason,
+        )
+        channel.reset(ResetCode.SERVICE_UNREACHABLE, f"{target}: {reason}")
+
+    def _notify(self, channel: Channel, peer: PeerConnection, local, remote) -> None:
+        for observer in self.observers:
+            try:
+                observer(channel, peer, local, remote)
+            except Exception:
+                log.exception("event=connection_observer_failed")
+
+    # --- UDP ------------------------------------------------------------------------
+
+    async def _serve_udp(self, peer: PeerConnection, service: Service, channel: Channel) -> None:
+        target = f"{service.serviceHost}:{service.servicePort}"
+        try:
+            infos = await trio.socket.getaddrinfo(
+                service.serviceHost, service.servicePort, type=socket.SOCK_DGRAM
+            )
+            family, _, _, _, address = infos[0]
+            sock = trio.socket.socket(family, socket.SOCK_DGRAM)
+            await sock.connect(address)
+        except OSError as exc:
+            self._refuse(peer, channel, target, exc.strerror or str(exc))
+            return
+        idle = IdleTimer()
+        with sock:
+            channel.accept()
+
+            async def from_service() -> None:
+                while True:
+                    try:
+                        datagram = await sock.recv(limits.MAX_DATAGRAM)
+                    except ConnectionRefusedError:
+                        continue  # ICMP port unreachable from an earlier send; keep the flow
+                    idle.touch()
+                    if not channel.try_send_datagram(datagram):
+                        self.datagrams_dropped += 1
+
+            async def to_service(datagram: bytes) -> None:
+                try:
+                    await sock.send(datagram)
+                except OSError as exc:
+                    if exc.errno not in (errno.ECONNREFUSED, errno.EMSGSIZE):
+                        raise
+
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(from_service)
+                    await channel_datagrams(channel, idle, to_service)
+                    nursery.cancel_scope.cancel()
+            except* ChannelReset:
+                pass

@@ -1,0 +1,186 @@
+"""The router: root of a process's task tree.
+
+    Router (this nursery)
+    ├── roles (provider refresh loop, gateway gates)
+    ├── peer listener (--peerPort) and one dialer per --peer address
+    └── one task per peer connection -> its mux session -> its channels
+
+Peers meet here by explicit address (direct mode); discovery through the DHT adds
+dialers the same way. One link per pair of processes: when two links to the same peer
+come up (both dialed at once), both sides keep the one dialed by the smaller key.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import attrs
+import trio
+
+from . import limits
+from .crypto.keys import LinkIdentity, RouterKeys
+from .peer import PeerConnection, RoleHooks, run_peer
+from .wire.messages import PROTOCOL_VERSION, Hello
+
+log = logging.getLogger(__name__)
+
+SELF_LINK = "connected to ourselves"
+DUPLICATE_LINK = "duplicate link to this peer"
+REPLACED_LINK = "replaced by a duplicate link"
+
+
+@attrs.frozen
+class PeerAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+class Router:
+    def __init__(
+        self,
+        router_keys: RouterKeys,
+        hooks: RoleHooks,
+        *,
+        provider: bool,
+        gateway: bool,
+        peer_host: str = "0.0.0.0",
+        peer_port: int | None = None,
+        peers: list[PeerAddress] = (),  # type: ignore[assignment]
+        name: str = "",
+    ) -> None:
+        self.keys = router_keys
+        self.identity = LinkIdentity.generate()
+        self.hooks = hooks
+        self.hello = Hello(
+            type="hello", version=PROTOCOL_VERSION, provider=provider, gateway=gateway, name=name
+        )
+        self.peer_host = peer_host
+        self.peer_port = peer_port
+        self.peer_addresses = list(peers)
+        self.peers: dict[bytes, PeerConnection] = {}  # admitted links by remote key
+        self.listening_port: int | None = None
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def public_key(self) -> bytes:
+        return self.identity.noise_public
+
+    async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if self.peer_port is not None:
+                await nursery.start(self._listen)
+            for address in self.peer_addresses:
+                nursery.start_soon(self._dial_forever, address)
+            task_status.started()
+
+    async def shutdown(self) -> None:
+        """Graceful: GO_AWAY on every link, let channels finish briefly, then stop."""
+        async with trio.open_nursery() as nursery:
+            for peer in list(self.peers.values()):
+                if peer.session is not None:
+                    nursery.start_soon(peer.session.close)
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    # --- admission and deduplication ------------------------------------------------
+
+    def _admit(self, peer: PeerConnection) -> str | None:
+        if peer.remote_key == self.public_key:
+            return SELF_LINK
+        existing = self.peers.get(peer.remote_key)
+        if existing is not None and existing is not peer:
+            # Keep the link dialed by the smaller key; both sides decide the same way.
+            keep_new = self._dialer_key(peer) < self._dialer_key(existing)
+            if not keep_new:
+                return DUPLICATE_LINK
+            existing.close(REPLACED_LINK)
+        self.peers[peer.remote_key] = peer
+        return None
+
+    def _dialer_key(self, peer: PeerConnection) -> bytes:
+        return self.public_key if peer.initiator else peer.remote_key
+
+    def _release(self, peer: PeerConnection) -> None:
+        if self.peers.get(peer.remote_key) is peer:
+            del self.peers[peer.remote_key]
+
+    async def serve_stream(self, stream: trio.abc.Stream, address: str, *, initiator: bool) -> PeerConnection:
+        """Run one peer link over an established byte stream until it ends."""
+        peer = PeerConnection(address, initiator)
+        await run_peer(
+            peer,
+            stream,
+            identity=self.identity,
+            router_keys=self.keys,
+            my_hello=self.hello,
+            hooks=self.hooks,
+            admit=self._admit,
+            release=self._release,
+        )
+        return peer
+
+    # --- direct mode: listen and dial -----------------------------------------------
+
+    async def _listen(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            listeners = await trio.open_tcp_listeners(self.peer_port, host=self.peer_host)
+        except OSError as exc:
+            log.error(
+                "event=peer_listen_failed host=%s port=%s error=%r",
+                self.peer_host, self.peer_port, exc.strerror or str(exc),
+            )
+            raise
+        self.listening_port = listeners[0].socket.getsockname()[1]
+        log.info("event=peer_listening host=%s port=%d", self.peer_host, self.listening_port)
+        task_status.started(self.listening_port)
+        await trio.serve_listeners(self._accept, listeners)
+
+    async def _accept(self, stream: trio.SocketStream) -> None:
+        try:
+            host, port = stream.socket.getpeername()[:2]
+            address = str(PeerAddress(host, port))
+        except OSError:
+            address = "?"
+        await self.serve_stream(stream, address, initiator=False)
+
+    async def _dial_forever(self, address: PeerAddress) -> None:
+        """Keep a link to `address` up: reconnect with backoff whenever it drops."""
+        delay = limits.DIAL_RETRY_MIN_S
+        while True:
+            stream = await self._dial(address)
+            if stream is None:
+                await trio.sleep(delay)
+                delay = min(delay * 2, limits.DIAL_RETRY_MAX_S)
+                continue
+            started = trio.current_time()
+            peer = await self.serve_stream(stream, str(address), initiator=True)
+            if peer.close_reason == SELF_LINK:
+                log.warning("peer=%s event=dial_stopped reason='address is this process'", address)
+                return
+            if peer.close_reason in (DUPLICATE_LINK, REPLACED_LINK):
+                kept = self.peers.get(peer.remote_key)
+                if kept is not None:
+                    await kept.finished.wait()
+                delay = limits.DIAL_RETRY_MIN_S
+                continue
+            if trio.current_time() - started > limits.DIAL_RETRY_MAX_S:
+                delay = limits.DIAL_RETRY_MIN_S  # it was up for a while: retry promptly
+            await trio.sleep(delay)
+            delay = min(delay * 2, limits.DIAL_RETRY_MAX_S)
+
+    async def _dial(self, address: PeerAddress) -> trio.SocketStream | None:
+        try:
+            with trio.fail_after(limits.DIAL_TIMEOUT_S):
+                stream = await trio.open_tcp_stream(address.host, address.port)
+        except (OSError, trio.TooSlowError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            log.info("peer=%s event=dial_failed error=%r", address, reason)
+            return None
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        return stream

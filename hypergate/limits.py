@@ -89,6 +89,9 @@ MAX_UNLIMITED_GRANTS = 65536
 MAX_UNLIMITED_TOKEN = 4096
 # PBKDF2 iterations of the README's `openssl enc -pbkdf2 -iter 10000` recipe.
 UNLIMITED_PBKDF2_ITERATIONS = 10000
+# Tokens decrypted at once (in threads): one core's worth of PBKDF2 at most, so a flood
+# of requests cannot take the machine from the tunnel.
+UNLIMITED_DECRYPT_THREADS = 1
 # Tiny HTTP server: request line + headers, and body; anything larger gets 413/431.
 HTTP_MAX_HEADER_BYTES = 16 * 1024
 HTTP_MAX_BODY_BYTES = 16 * 1024
@@ -128,3 +131,48 @@ DOCKER_FORWARD_CONNECT_TIMEOUT_S = 10.0
 DOCKER_FORWARD_UDP_IDLE_S = 300.0
 # UDP flows one forwarded port keeps at once; the oldest is closed past it.
 DOCKER_FORWARD_MAX_UDP_FLOWS = 1024
+
+# --- dht/ ------------------------------------------------------------------------------
+# Values marked (Node) copy dht-rpc 6.27 / hyperdht 6.34 so we behave like the nodes we
+# interoperate with; the rest bound what Node leaves unbounded.
+
+# Node nodes read into a 2048-byte buffer and drop longer datagrams (measured); we drop
+# them too, so nothing we accept could not have come through the real network.
+DHT_MAX_DATAGRAM = 2048
+# (Node) one send waits 1 s for an answer; 3 resends, so a dead node costs ~4 s.
+DHT_REQUEST_TIMEOUT_S = 1.0
+DHT_REQUEST_RETRIES = 3
+# Requests this node may have in flight at once; Node's congestion window allows ~160
+# per 3 s, so this is never reached by honest use and stops runaway queries.
+DHT_MAX_INFLIGHT_REQUESTS = 1024
+# An iterative query gives up after this long and keeps what it has.
+DHT_QUERY_TIMEOUT_S = 30.0
+# Nodes one query may visit; a healthy public-DHT lookup visits well under 100, and the
+# bound stops replies that invent closer nodes from walking us forever.
+DHT_MAX_VISITS_PER_QUERY = 256
+# (Node) table maintenance tick; refresh after ~5 min idle; at most 3 re-pings for full rows.
+DHT_TICK_S = 5.0
+DHT_REFRESH_TICKS = 60
+DHT_REPING_CONCURRENCY = 3
+# (Node) at most 10 DOWN_HINT checks at once.
+DHT_DOWN_HINT_CHECKS = 10
+# (Node) DELAYED_PING waits at most 10 s; we also bound how many wait at once.
+DHT_MAX_PING_DELAY_S = 10.0
+DHT_MAX_DELAYED_PINGS = 64
+# Requests being answered at once; past it new requests are dropped (counted).
+DHT_MAX_SERVING = 512
+# hyperdht's announce() commits to every one of the k closest replies.
+DHT_ANNOUNCE_COMMIT_NODES = 20
+# Inbound datagrams per source IP: a busy public node sees a few per second from one
+# peer (queries, pings, relays); 100/s with a burst of 200 never touches honest peers
+# and caps what one host can make us spend. Sources remembered at once is bounded.
+DHT_RATE_PER_SOURCE = 100.0
+DHT_RATE_BURST = 200.0
+DHT_RATE_SOURCES = 8192
+# Announce records: hyperdht keeps them ~20 min and holds 65536; we also cap per topic
+# (it serves 20 at a time) and per announcing IP, so one source cannot fill the store.
+DHT_RECORD_TTL_S = 20 * 60
+DHT_MAX_RECORDS = 65536
+DHT_MAX_RECORDS_PER_TOPIC = 256
+DHT_MAX_RECORDS_PER_IP = 128
+DHT_MAX_ROUTER_ENTRIES = 65536

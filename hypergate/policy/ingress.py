@@ -159,7 +159,7 @@ def _make_converter() -> cattrs.Converter:
     def strict_number(value: Any, _: type) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"expected a number, got {value!r}")
-        return float(value)
+        return value  # an int stays an int, so the wire form reads as it was written
 
     def strict_str(value: Any, _: type) -> str:
         if not isinstance(value, str):
@@ -347,7 +347,7 @@ class IngressPolicy:
         return Decision(
             allowed=allowed,
             reason=f"{'allowed' if allowed else 'denied'} by {where}",
-            bandwidth=None if bandwidth is UNSET else bandwidth,
+            bandwidth=None if bandwidth is UNSET or not allowed else bandwidth,
             labels=labels or (),
         )
 

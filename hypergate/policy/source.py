@@ -63,6 +63,13 @@ class PolicySource:
         for index, value in enumerate(self._values):
             self._texts[index] = await self._fetch(value)
         self._set(self._build())
+        log.info(
+            "policy_loaded sources=%d rules=%d defaults=%s refresh_s=%s",
+            len(self._values),
+            len(self._policy.entries),
+            self._policy.defaults is not None,
+            self._refresh_interval_s if self.has_url_sources else "never",
+        )
         return self._policy
 
     def _build(self) -> IngressPolicy:

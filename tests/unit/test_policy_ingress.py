@@ -223,7 +223,7 @@ def test_merge_left_to_right_from_files_and_inline(tmp_path):
         ('{"ips": {"10.0.0.0/33": {}}}', "test.json: $.ips['10.0.0.0/33']: CIDR prefix /33 out of range"),
         ('{"ips": {"10.0.0.0/x": {}}}', "test.json: $.ips['10.0.0.0/x']: CIDR prefix must be a number"),
         ('{"ips": {"300.1.1.1": {}}}', "test.json: $.ips['300.1.1.1']: not an IP address, CIDR or '*'"),
-        ('{"defaults": {"bandwidthLimit": {"mbps": -1}}}', "mbps must be a positive number of Mbit/s, got -1.0 @ $.defaults.bandwidthLimit"),
+        ('{"defaults": {"bandwidthLimit": {"mbps": -1}}}', "mbps must be a positive number of Mbit/s, got -1 @ $.defaults.bandwidthLimit"),
         ('{"defaults": {"bandwidthLimit": {"mbps": 1, "burstMbps": 0}}}', "burstMbps must be a positive number"),
         ('{"defaults": {"alow": true}}', "test.json: unknown field(s) alow @ $.defaults"),
         ('{"policy": {}}', "test.json: unknown field(s) policy @ $"),

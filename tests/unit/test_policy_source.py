@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import pytest
 import trio
 
 from hypergate.errors import ConfigError
-from hypergate.http.server import Request, Response, json_response, serve_http
 from hypergate.policy.source import PolicySource
 
 URL = "http://policy.invalid/policy.json"
@@ -93,29 +91,3 @@ async def test_run_without_url_sources_returns_at_once(autojump_clock):
     async with trio.open_nursery() as nursery:
         await nursery.start(source.run)
     assert trio.current_time() == 0.0
-
-
-async def test_refresh_from_a_real_local_http_server():
-    """The default fetch (urllib in a thread) against a real server on loopback."""
-    state: dict[str, object] = {"status": 200, "body": {"ips": {"*": {"labels": ["first"]}}}}
-
-    async def handler(request: Request) -> Response:
-        if state["status"] != 200:
-            return json_response(int(state["status"]), {"error": "down"})
-        return Response(200, json.dumps(state["body"]).encode(), (("Content-Type", "application/json"),))
-
-    with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            port = await nursery.start(serve_http, handler, "127.0.0.1", 0)
-            source = PolicySource([f"http://127.0.0.1:{port}/policy.json"])
-            await source.load()
-            assert labels_of(source) == ("first",)
-
-            state["body"] = {"ips": {"*": {"labels": ["second"]}}}
-            assert await source.refresh()
-            assert labels_of(source) == ("second",)
-
-            state["status"] = 500
-            assert not await source.refresh()
-            assert labels_of(source) == ("second",)
-            nursery.cancel_scope.cancel()

@@ -199,9 +199,9 @@ class DockerEngine:
         except DockerError as exc:
             if exc.status != 404:
                 raise
-        log.info("docker network created network=%s", name)
         try:
             await self.create_network(name)
+            log.info("docker network created network=%s", name)
         except DockerError as exc:
             if exc.status != 409:  # created meanwhile by another hypergate process
                 raise

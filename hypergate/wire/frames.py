@@ -45,6 +45,9 @@ class Flag(enum.IntFlag):
     ACK = 2
 
 
+_KNOWN_FLAGS = int(Flag.FIN | Flag.ACK)
+
+
 class GoAwayCode(enum.IntEnum):
     NORMAL = 0
     PROTOCOL_ERROR = 1
@@ -144,7 +147,7 @@ class FrameDecoder:
             ftype = FrameType(raw_type)
         except ValueError:
             raise FrameError(f"unknown frame type {raw_type}") from None
-        if raw_flags & ~(Flag.FIN | Flag.ACK):
+        if raw_flags & ~_KNOWN_FLAGS:
             raise FrameError(f"unknown frame flags {raw_flags:#x}")
         flags = Flag(raw_flags)
         if ftype in _VALUE_TYPES:

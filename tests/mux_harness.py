@@ -1,0 +1,59 @@
+"""In-memory peer links for tests: real handshake and mux, no sockets, MockClock-friendly."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from hypergate.crypto.keys import LinkIdentity, RouterKeys
+from hypergate.crypto.secure_link import establish_link
+from hypergate.mux.session import MuxSession
+
+KEYS = RouterKeys.from_secret(bytes.fromhex("42" * 32))
+
+
+async def linked_links():
+    left, right = trio.testing.memory_stream_pair()
+    links = {}
+
+    async def side(name, stream, initiator):
+        links[name] = await establish_link(
+            stream, initiator=initiator, identity=LinkIdentity.generate(), router=KEYS
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(side, "a", left, True)
+        nursery.start_soon(side, "b", right, False)
+    return links["a"], links["b"]
+
+
+async def refuse(channel):
+    channel.reset("refused", "test default")
+
+
+async def linked_sessions(nursery, on_channel_a=refuse, on_channel_b=refuse, on_message_a=None, on_message_b=None):
+    link_a, link_b = await linked_links()
+    a = MuxSession(link_a, on_channel=on_channel_a, on_message=on_message_a or (lambda m: None), name="a")
+    b = MuxSession(link_b, on_channel=on_channel_b, on_message=on_message_b or (lambda m: None), name="b")
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    return a, b
+
+
+async def read_all(channel) -> bytes:
+    parts = []
+    while True:
+        data = await channel.receive()
+        if not data:
+            return b"".join(parts)
+        parts.append(data)
+
+
+async def echo_handler(channel):
+    channel.accept()
+    while True:
+        data = await channel.receive()
+        if not data:
+            await channel.send_eof()
+            return
+        await channel.send(data)

@@ -3,7 +3,7 @@
 For each remote service host (e.g. `mysql.hyper`) the gateway keeps one small helper
 container on the hypergate network, joined with that name as its network alias. The
 helper relays each port it serves to the gateway's own listener for that port, at an
-address the network can reach (`gateway_address`). So a container on this machine
+address the network can reach (`address_on_network`). So a container on this machine
 connects to `mysql.hyper:3306`; the engine's DNS answers with the helper; the helper
 relays to `<gateway>:3306`; the gateway tunnels to the provider that owns the service.
 
@@ -26,8 +26,10 @@ from collections.abc import Iterable
 from typing import Any, Literal
 
 import attrs
+import trio
 
-from ..config import Protocol
+from .. import limits
+from ..config import Protocol, Service
 from .discovery import running_containers
 from .engine import DockerEngine, DockerError
 
@@ -235,6 +237,60 @@ class GatewayBridge:
         log.info("docker helper removed alias=%s reason=%s", alias, reason)
 
 
+def bridge_routes(services: Iterable[Service]) -> set[BridgeRoute]:
+    """One route per (service host, gate port, protocol) the gateway exposes."""
+    return {BridgeRoute(s.serviceHost, s.gatePort, s.protocol) for s in services}
+
+
+class BridgeSync:
+    """Drives a `GatewayBridge` from a gateway: `set_routes` (sync, cheap, call it on every
+    route change) and `run` (reconciles on change and every `refresh_s`, retries with
+    backoff on daemon errors, and removes the helpers when cancelled)."""
+
+    def __init__(self, bridge: GatewayBridge, refresh_s: float = limits.DOCKER_REFRESH_S) -> None:
+        self.bridge = bridge
+        self.refresh_s = refresh_s
+        self._routes: frozenset[BridgeRoute] = frozenset()
+        self._changed = trio.Event()
+        self.in_place: dict[str, str] = {}
+
+    def set_routes(self, routes: Iterable[BridgeRoute]) -> None:
+        routes = frozenset(routes)
+        if routes != self._routes:
+            self._routes = routes
+            self._changed.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        retry_s = limits.DOCKER_RETRY_MIN_S
+        started = False
+        try:
+            while True:
+                self._changed = trio.Event()
+                wait_s = self.refresh_s
+                try:
+                    self.in_place = await self.bridge.reconcile(self._routes)
+                    retry_s = limits.DOCKER_RETRY_MIN_S
+                except DockerError as exc:
+                    log.warning(
+                        "docker helpers not updated network=%s error=%s retry_in_s=%.1f",
+                        self.bridge.network, exc, retry_s,
+                    )
+                    wait_s = retry_s
+                    retry_s = min(retry_s * 2, limits.DOCKER_RETRY_MAX_S)
+                if not started:
+                    task_status.started()
+                    started = True
+                with trio.move_on_after(wait_s):
+                    await self._changed.wait()
+        finally:
+            # Helpers relay to our listeners: without us they only refuse connections.
+            with trio.CancelScope(shield=True), trio.move_on_after(limits.DOCKER_REQUEST_TIMEOUT_S):
+                try:
+                    await self.bridge.remove_all()
+                except DockerError as exc:
+                    log.warning("docker helpers not removed network=%s error=%s", self.bridge.network, exc)
+
+
 # --- where helpers reach the gateway ------------------------------------------------------
 
 
@@ -253,8 +309,9 @@ def detect_own_container() -> str | None:
     return socket.gethostname()
 
 
-async def gateway_address(engine: DockerEngine, network: str, *, own_container: str | None = None) -> str:
-    """The address at which containers on `network` reach this gateway's listeners.
+async def address_on_network(engine: DockerEngine, network: str, *, own_container: str | None = None) -> str:
+    """The address at which containers on `network` reach this process (a gateway's
+    listeners), after making sure this process can reach them (a provider's services).
 
     On the host: the network's gateway address (the host's end of the bridge), so the
     gateway must listen on 0.0.0.0 or on that address. In a container: the container's

@@ -13,10 +13,13 @@ from hypergate.docker.engine import DockerEngine
 from hypergate.docker.gateway_bridge import (
     LABEL_HELPER_ALIAS,
     BridgeRoute,
+    BridgeSync,
     GatewayBridge,
     HelperRunner,
-    gateway_address,
+    address_on_network,
+    bridge_routes,
 )
+from hypergate.config import Service
 from tests.integration.podman_fixture import podman, podman_session  # noqa: F401
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -90,7 +93,7 @@ def tcp_probe(host, port):
 async def test_helper_relays_tcp_and_udp_from_a_container_to_the_host(podman):
     engine = DockerEngine(podman.socket_path)
     network = podman.unique("hgnet")
-    target = await gateway_address(engine, network)
+    target = await address_on_network(engine, network)
     runner = host_python_runner(podman.image)
     bridge = GatewayBridge(engine, network, target, runner=runner, owner="test")
     async with trio.open_nursery() as nursery:
@@ -137,7 +140,7 @@ async def test_helper_relays_tcp_and_udp_from_a_container_to_the_host(podman):
 async def test_reconcile_is_idempotent_replaces_changed_removes_stale(podman):
     engine = DockerEngine(podman.socket_path)
     network = podman.unique("hgnet")
-    target = await gateway_address(engine, network)
+    target = await address_on_network(engine, network)
     bridge = GatewayBridge(engine, network, target, runner=HelperRunner(podman.image, kind="busybox"),
                            owner="test")
     other_owner = GatewayBridge(engine, network, target, runner=HelperRunner(podman.image, kind="busybox"),
@@ -186,3 +189,31 @@ async def test_reconcile_is_idempotent_replaces_changed_removes_stale(podman):
 def test_target_host_must_be_an_address():
     with pytest.raises(ValueError, match="not a hostname or IP address"):
         GatewayBridge(DockerEngine("/nonexistent"), "net", "1.2.3.4; rm -rf /")
+
+
+async def test_bridge_sync_follows_routes_and_cleans_up_on_cancel(podman):
+    engine = DockerEngine(podman.socket_path)
+    network = podman.unique("hgnet")
+    target = await address_on_network(engine, network)
+    bridge = GatewayBridge(engine, network, target, runner=HelperRunner(podman.image, kind="busybox"),
+                           owner="sync")
+    sync = BridgeSync(bridge, refresh_s=3600)  # only route changes trigger work here
+
+    def aliases():
+        return sorted(sync.in_place)
+
+    async with trio.open_nursery() as nursery:
+        port = await start_tcp_server(nursery)
+        sync.set_routes(bridge_routes([Service(gatePort=port, serviceHost="mysql.hyper", servicePort=3306)]))
+        await nursery.start(sync.run)
+        assert aliases() == ["mysql.hyper"]
+        result = await client_in_container(podman, network, tcp_probe("mysql.hyper", port))
+        assert (result.returncode, result.stdout.strip()) == (0, "pong:hello"), result.stderr
+
+        sync.set_routes(bridge_routes([Service(gatePort=port, serviceHost="pma.hyper", servicePort=80)]))
+        with trio.fail_after(30):
+            while aliases() != ["pma.hyper"]:
+                await trio.sleep(0.05)
+        assert [h["Labels"][LABEL_HELPER_ALIAS] for h in await bridge.helpers()] == ["pma.hyper"]
+        nursery.cancel_scope.cancel()
+    assert await bridge.helpers() == []  # removed when the gateway stops

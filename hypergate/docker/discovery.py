@@ -50,8 +50,21 @@ async def running_containers(engine: DockerEngine, network: str) -> list[Contain
 async def discover(engine: DockerEngine, network: str) -> list[Service]:
     """One refresh: make sure the network exists, then the services of its containers
     (sorted, so two refreshes with the same containers compare equal)."""
+    services, _ = await discover_with_addresses(engine, network)
+    return services
+
+
+async def discover_with_addresses(engine: DockerEngine, network: str) -> tuple[list[Service], dict[str, str]]:
+    """`discover`, plus {service host: container IP on the network} for a provider that
+    runs on the host, where the network's DNS names do not resolve."""
     await engine.ensure_network(network)
-    return services_for_containers(await running_containers(engine, network))
+    containers = await running_containers(engine, network)
+    services = services_for_containers(containers)
+    hosts = {s.serviceHost for s in services}
+    addresses = {
+        c.service_host: c.ip_address for c in containers if c.ip_address and c.service_host in hosts
+    }
+    return services, addresses
 
 
 def _describe(services: list[Service]) -> str:
@@ -64,6 +77,7 @@ async def run_discovery(
     refresh_s: float,
     on_services: Callable[[list[Service]], None],
     *,
+    addresses: dict[str, str] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Refresh forever; call `on_services(services)` with the whole new list whenever it
@@ -72,6 +86,9 @@ async def run_discovery(
     `task_status.started()` fires after the first attempt, successful or not, so a
     provider starts with its containers' services when the daemon is up and does not
     wait on a daemon that is down.
+
+    `addresses`, when given, is kept equal to {service host: container IP} (updated in
+    place before each delivery) for a provider on the host to connect by IP.
     """
     delivered: list[Service] | None = None
     retry_s = limits.DOCKER_RETRY_MIN_S
@@ -79,7 +96,7 @@ async def run_discovery(
     started = False
     while True:
         try:
-            services = await discover(engine, network)
+            services, found_addresses = await discover_with_addresses(engine, network)
         except DockerError as exc:
             log.warning(
                 "docker discovery failed network=%s error=%s retry_in_s=%.1f",
@@ -98,6 +115,9 @@ async def run_discovery(
             log.info("docker discovery recovered network=%s", network)
             failing = False
         retry_s = limits.DOCKER_RETRY_MIN_S
+        if addresses is not None and addresses != found_addresses:
+            addresses.clear()
+            addresses.update(found_addresses)
         if services != delivered:
             previous = set(delivered or [])
             current = set(services)

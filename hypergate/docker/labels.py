@@ -99,6 +99,9 @@ class ContainerView:
     aliases: tuple[str, ...] = ()
     ports: tuple[ContainerPort, ...] = ()
     on_network: bool = True
+    # The container's IPv4 address on the network: how a provider running on the host
+    # (outside the network's DNS) reaches `service_host`.
+    ip_address: str | None = None
 
     @property
     def service_host(self) -> str:
@@ -306,4 +309,5 @@ def container_from_inspect(data: Mapping[str, Any], network: str) -> ContainerVi
         aliases=tuple(aliases),
         ports=tuple(_ports_from_inspect(data)),
         on_network=endpoint is not None,
+        ip_address=str((endpoint or {}).get("IPAddress") or "") or None,
     )

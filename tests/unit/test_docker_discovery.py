@@ -5,6 +5,7 @@ tests/integration/test_docker_engine.py runs the same code against a real Podman
 """
 
 import logging
+from functools import partial
 
 import trio
 
@@ -19,7 +20,7 @@ def inspect_doc(cid, alias, expose, running=True):
         "Name": f"/{alias.split('.')[0]}",
         "State": {"Running": running},
         "Config": {"Labels": {"hypergate.EXPOSE": expose}},
-        "NetworkSettings": {"Networks": {"net": {"Aliases": [alias]}}},
+        "NetworkSettings": {"Networks": {"net": {"Aliases": [alias], "IPAddress": f"10.0.0.{ord(cid)}"}}},
     }
 
 
@@ -85,9 +86,11 @@ async def test_run_discovery_calls_back_on_change_only(autojump_clock):
     engine = ScriptedEngine()
     engine.containers["a"] = inspect_doc("a", "web.hyper", "80")
     deliveries = []
+    addresses = {}
     async with trio.open_nursery() as nursery:
-        await nursery.start(run_discovery, engine, "net", 10.0, deliveries.append)
+        await nursery.start(partial(run_discovery, engine, "net", 10.0, deliveries.append, addresses=addresses))
         assert [[s.serviceHost for s in d] for d in deliveries] == [["web.hyper"]]
+        assert addresses == {"web.hyper": "10.0.0.97"}
         await trio.sleep(35)  # three more refreshes, nothing changed
         assert len(deliveries) == 1
         engine.containers["b"] = inspect_doc("b", "db.hyper", "3306")
@@ -96,6 +99,7 @@ async def test_run_discovery_calls_back_on_change_only(autojump_clock):
         del engine.containers["a"]  # the container stopped: withdrawn on the next refresh
         await trio.sleep(10)
         assert [s.serviceHost for s in deliveries[-1]] == ["db.hyper"]
+        assert addresses == {"db.hyper": "10.0.0.98"}
         assert len(deliveries) == 3
         nursery.cancel_scope.cancel()
 

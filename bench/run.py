@@ -152,10 +152,12 @@ class Bench:
         self.ports: dict[str, dict[str, int]] = {}
         self.results: dict[str, dict[str, dict]] = {}
         self.started = time.monotonic()
+        self.backend: Backend | None = None
 
     # -------------------------------------------------------------- lifecycle
 
     def start_targets(self, backend: Backend) -> None:
+        self.backend = backend
         for name in self.target_names:
             cls = TARGET_CLASSES[name]
             target = cls(self.workdir, verbose=self.args.verbose) if cls is Hypergate else cls(self.workdir)
@@ -177,6 +179,20 @@ class Bench:
             self.targets[name] = target
             for protocol, why in target.unsupported.items():
                 self.notes.append(f"{name}: no {protocol.upper()} test ({why})")
+            for service, why in target.dropped.items():
+                self.notes.append(f"{name}: no {service} test: {why}")
+
+    def restart(self, name: str, test: str) -> bool:
+        """A target killed by the memory cap (or crashed) gets one fresh start per test."""
+        target = self.targets[name]
+        target.stop()
+        try:
+            self.ports[name] = target.start(self.backend.services())
+        except (BenchError, OSError) as exc:
+            log.warning("restart failed target=%s: %s", name, exc)
+            return False
+        self.notes.append(f"{name}: restarted before {test} (its processes had ended)")
+        return True
 
     def stop_targets(self) -> None:
         for target in self.targets.values():
@@ -191,8 +207,8 @@ class Bench:
         if time.monotonic() - self.started > self.args.budget:
             bucket[name] = {"error": "run time budget exhausted"}
             return
-        if not target.alive():
-            bucket[name] = {"error": "target no longer running"}
+        if not target.alive() and not self.restart(name, test):
+            bucket[name] = {"error": "target no longer running and did not restart"}
             return
         log.info("measure test=%s target=%s", test, name)
         with measure.ResourceWatch(target.pids(), self.args.memory_cap_mb * 1024 * 1024) as watch:
@@ -239,8 +255,9 @@ class Bench:
         if "udp" in self.tests:
             for name in names:
                 if "udp" not in self.ports[name]:
+                    target = self.targets[name]
                     self.results.setdefault("udp", {})[name] = {
-                        "skipped": self.targets[name].unsupported.get("udp", "no UDP")}
+                        "skipped": target.unsupported.get("udp") or target.dropped.get("udp")}
                     continue
                 self.record("udp", name, lambda ports: measure.udp_offered_rate(
                     ports["udp"], backend.control_port, self.args.udp_rate, self.args.udp_size,

@@ -103,6 +103,9 @@ def helper_config(
         "NetworkMode": network,
         # Survives a daemon restart; removed by reconcile when no longer wanted.
         "RestartPolicy": {"Name": "unless-stopped"},
+        # The hypergate image runs as a non-root user; a helper must still listen on
+        # ports like 80 or 443 (a per-container sysctl, allowed by Docker and Podman).
+        "Sysctls": {"net.ipv4.ip_unprivileged_port_start": "0"},
     }
     if runner.binds:
         host_config["Binds"] = list(runner.binds)

@@ -16,31 +16,21 @@ import os
 import random
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import attrs
 import trio
 
-from hypergate.dht import crypto
-from hypergate.dht.encoding import Address, CodecError, encode_ipv4_address
-from hypergate.dht.messages import (
-    Announce,
-    Command,
-    InternalCommand,
-    LookupReply,
-    PeerRecord,
-    Request,
-    Response,
-    RpcError,
-    decode_datagram,
-)
-from hypergate.dht.query import Candidate, DownHint, IterativeQuery, QueryReply
+from hypergate.dht import crypto, operations
+from hypergate.dht.encoding import Address, CodecError
+from hypergate.dht.messages import Command, InternalCommand, Request, Response, RpcError, decode_datagram
+from hypergate.dht.operations import DHTError, LookupResult, RequestTimeout
+from hypergate.dht.query import QueryReply
 from hypergate.dht.ratelimit import SourceRateLimiter
 from hypergate.dht.relay import Drop, Forward, Respond, relay_handshake, relay_holepunch
 from hypergate.dht.routing_table import K, RoutingTable, TableNode
 from hypergate.dht.storage import AnnounceStore
-from hypergate.errors import HypergateError
 from hypergate.limits import (
     DHT_ANNOUNCE_COMMIT_NODES,
     DHT_DOWN_HINT_CHECKS,
@@ -49,7 +39,6 @@ from hypergate.limits import (
     DHT_MAX_INFLIGHT_REQUESTS,
     DHT_MAX_PING_DELAY_S,
     DHT_MAX_SERVING,
-    DHT_QUERY_TIMEOUT_S,
     DHT_REFRESH_TICKS,
     DHT_REPING_CONCURRENCY,
     DHT_REQUEST_RETRIES,
@@ -58,14 +47,6 @@ from hypergate.limits import (
 )
 
 log = logging.getLogger(__name__)
-
-
-class DHTError(HypergateError):
-    """A DHT operation could not complete (no answer, too few nodes)."""
-
-
-class RequestTimeout(DHTError):
-    pass
 
 
 @attrs.frozen
@@ -82,16 +63,9 @@ class NodeConfig:
     concurrency: int = 10
 
 
-@attrs.frozen
-class LookupResult:
-    """One node's answer to LOOKUP/FIND_PEER: the records it holds for the target."""
-
-    node: Address
-    peers: tuple[PeerRecord, ...]
-
-
-# A server on this node: given (request value, requester address), return the value to
-# answer with, or None to stay silent. The lead's handshake code registers these.
+# A server on this node gets each PEER_HANDSHAKE / PEER_HOLEPUNCH for its key with the
+# address it came from, and answers with `DHTNode.reply` (FROM_CLIENT: a direct REPLY) or
+# `DHTNode.send_request_once` (FROM_RELAY: a FROM_SERVER request back through the relay).
 PeerHandler = Callable[[Request, Address], Awaitable[None]]
 
 
@@ -108,7 +82,7 @@ class DHTNode:
         self.config = config
         self._rng = rng or random.SystemRandom()
         self.table = RoutingTable(os.urandom(32))
-        self.store = AnnounceStore(self._rng if isinstance(self._rng, random.Random) else None)
+        self.store = AnnounceStore(self._rng)
         self.id: bytes | None = None  # set when persistent
         self.stats: Counter[str] = Counter()
         self.bootstrapped = trio.Event()
@@ -166,11 +140,11 @@ class DHTNode:
             if public is not None:
                 self._become_persistent(public)
         target = self.id or self.table.id
-        await self._run_query(target, InternalCommand.FIND_NODE, internal=True, background=True)
+        await operations.run_query(self, target, InternalCommand.FIND_NODE, internal=True, background=True)
         if not self.config.ephemeral and self.id is None and self._nat_samples:
             host, _ = self._nat_samples.most_common(1)[0]
             self._become_persistent(Address(host, self.address.port))
-            await self._run_query(self.id, InternalCommand.FIND_NODE, internal=True, background=True)
+            await operations.run_query(self, self.id, InternalCommand.FIND_NODE, internal=True, background=True)
         self.bootstrapped.set()
         log.info("dht bootstrapped local=%s id=%s nodes=%d", self._local, self.id and self.id.hex()[:16], len(self.table))
 
@@ -181,6 +155,10 @@ class DHTNode:
         for node in old:
             self.table.add(node)
         log.info("dht persistent public=%s id=%s", public, self.id.hex()[:16])
+
+    def spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run a background task in the node's nursery (it ends with the node)."""
+        self._nursery.start_soon(fn)
 
     # --- request/response io ---------------------------------------------------------
 
@@ -238,7 +216,13 @@ class DHTNode:
 
     async def _receive_loop(self) -> None:
         while True:
-            data, (host, port) = await self._socket.recvfrom(DHT_MAX_DATAGRAM + 1)
+            try:
+                data, (host, port) = await self._socket.recvfrom(DHT_MAX_DATAGRAM + 1)
+            except OSError as exc:
+                # e.g. an ICMP error queued on the socket: about one peer, not about us.
+                self.stats["receive_errors"] += 1
+                log.debug("dht receive error=%s", exc)
+                continue
             self.stats["datagrams_in"] += 1
             if len(data) > DHT_MAX_DATAGRAM:
                 self.stats["dropped_oversized"] += 1
@@ -260,7 +244,7 @@ class DHTNode:
             else:
                 self._on_request(message, source)
 
-    def _valid_id(self, claimed: bytes | None, source: Address) -> bytes | None:
+    def valid_id(self, claimed: bytes | None, source: Address) -> bytes | None:
         if claimed is None:
             return None
         return claimed if crypto.node_id(source) == claimed else None
@@ -273,7 +257,7 @@ class DHTNode:
         pending.response = response
         pending.source = source
         pending.done.set()
-        self._add_node_from_network(source, self._valid_id(response.id, source), response.to)
+        self._add_node_from_network(source, self.valid_id(response.id, source), response.to)
 
     # --- routing table upkeep --------------------------------------------------------
 
@@ -299,28 +283,34 @@ class DHTNode:
             self._repinging += 1
             self._nursery.start_soon(self._reping_and_swap, node, candidate)
 
-    async def _reping_and_swap(self, newcomer: TableNode, old: TableNode) -> None:
-        last_seen = old.seen
-        old.pinged = self._tick
+    async def _still_there(self, node: TableNode) -> bool:
+        """PING a table node: alive only if it answers with the id we know it by.
+
+        (dht-rpc compares tick counters instead, which swaps out a node that answers
+        within the tick it was last seen; the id check says the same without that race.)
+        """
+        node.pinged = self._tick
         try:
-            await self.ping(old.address)
-            if old.seen > last_seen:
-                return
+            response, source = await self.request(node.address, InternalCommand.PING, internal=True)
         except DHTError:
-            pass
+            return False
+        return self.valid_id(response.id, source) == node.id
+
+    async def _reping_and_swap(self, newcomer: TableNode, old: TableNode) -> None:
+        try:
+            alive = await self._still_there(old)
         finally:
             self._repinging -= 1
-        self.table.remove(old.id)
-        self.table.add(newcomer)
+        if not alive:
+            self.table.remove(old.id)
+            self.table.add(newcomer)
 
     async def _check(self, node: TableNode) -> None:
-        """Ping a node and drop it if it stays silent (dht-rpc _check)."""
-        node.pinged = self._tick
+        """Drop a node that stays silent (dht-rpc _check)."""
         self._checks += 1
         try:
-            await self.ping(node.address)
-        except DHTError:
-            self.table.remove(node.id)
+            if not await self._still_there(node):
+                self.table.remove(node.id)
         finally:
             self._checks -= 1
 
@@ -339,13 +329,6 @@ class DHTNode:
             self._refresh_ticks -= 1
             if self._refresh_ticks <= 0 or (self._tick % 64 == 0 and len(self.table) < K):
                 self._nursery.start_soon(self.refresh)
-
-    async def refresh(self) -> None:
-        node = self.table.random_node(random.Random(self._rng.random()))
-        try:
-            await self._run_query(node.id if node else self.table.id, InternalCommand.FIND_NODE, internal=True, background=True)
-        except DHTError as exc:
-            log.debug("dht refresh failed error=%s", exc)
 
     # --- serving requests ------------------------------------------------------------
 
@@ -379,20 +362,21 @@ class DHTNode:
             self.stats["dropped_busy"] += 1
             return
         self._tokens.advance(trio.current_time())
-        if request.token is not None and not self._tokens.is_valid(source.host, request.token):
-            self.stats["invalid_tokens"] += 1
-            self._nursery.start_soon(
-                lambda: self._respond(request, source, error=RpcError.INVALID_TOKEN, token=True, closer_nodes=True)
-            )
-            return
-        self._add_node_from_network(source, self._valid_id(request.id, source), request.to)
+        token_ok = request.token is None or self._tokens.is_valid(source.host, request.token)
+        if token_ok:
+            self._add_node_from_network(source, self.valid_id(request.id, source), request.to)
         self.stats[f"requests_in_{'internal' if request.internal else 'external'}"] += 1
-        self._nursery.start_soon(self._serve, request, source)
-
-    async def _serve(self, request: Request, source: Address) -> None:
+        # Counted before the task starts, so a burst of datagrams cannot overshoot the bound.
         self._serving += 1
+        self._nursery.start_soon(self._serve, request, source, token_ok)
+
+    async def _serve(self, request: Request, source: Address, token_ok: bool) -> None:
         try:
-            if request.internal:
+            if not token_ok:
+                # Any token is checked before dispatch, as in dht-rpc: never send one unasked.
+                self.stats["invalid_tokens"] += 1
+                await self._respond(request, source, error=RpcError.INVALID_TOKEN, token=True, closer_nodes=True)
+            elif request.internal:
                 await self._serve_internal(request, source)
             else:
                 await self._serve_external(request, source)
@@ -517,164 +501,51 @@ class DHTNode:
 
     async def send_request_once(self, request: Request, to: Address) -> None:
         """Send a request datagram without waiting (relay-style, e.g. FROM_SERVER)."""
-        await self._send(attrs.evolve(request, to=to, id=self.id).encode(), to)
+        await self._send(attrs.evolve(request, to=to, id=self.id, token=None).encode(), to)
 
-    # --- iterative queries -----------------------------------------------------------
-
-    def _start_set(self, target: bytes) -> list[Candidate]:
-        start = [Candidate(n.id, n.address) for n in self.table.closest(target)]
-        if len(start) < K:
-            known = {c.address for c in start}
-            start += [Candidate(crypto.node_id(a), a) for a in self.config.bootstrap if a not in known]
-        return start
-
-    async def _run_query(
-        self,
-        target: bytes,
-        command: int,
-        *,
-        internal: bool = False,
-        value: bytes | None = None,
-        background: bool = False,
-        on_reply: Callable[[QueryReply], None] | None = None,
-    ) -> list[QueryReply]:
-        """Walk towards `target`; returns the closest replies (the commit set)."""
-        self._refresh_ticks = DHT_REFRESH_TICKS
-        concurrency = 2 if background else self.config.concurrency
-        query = IterativeQuery(target, self.id or self.table.id, self._start_set(target), concurrency=concurrency)
-        send_results, receive_results = trio.open_memory_channel(float("inf"))
-
-        async def visit(candidate: Candidate) -> None:
-            slow = False
-
-            def mark_slow() -> None:
-                nonlocal slow
-                slow = True
-                query.on_slow(candidate.address)
-
-            try:
-                response, source = await self.request(
-                    candidate.address, command, internal=internal, target=target, value=value, on_retry=mark_slow
-                )
-            except DHTError:
-                send_results.send_nowait(("timeout", candidate.address, slow, None))
-            else:
-                reply = QueryReply(candidate.address, self._valid_id(response.id, source), response)
-                send_results.send_nowait(("reply", candidate.address, slow, reply))
-
-        with trio.move_on_after(DHT_QUERY_TIMEOUT_S):
-            async with trio.open_nursery() as nursery:
-                while True:
-                    for candidate in query.next_visits():
-                        nursery.start_soon(visit, candidate)
-                    if query.finished:
-                        nursery.cancel_scope.cancel()
-                        break
-                    kind, address, slow, reply = await receive_results.receive()
-                    if kind == "reply":
-                        hints = query.on_response(reply, was_slow=slow)
-                        if on_reply is not None and reply.response.error == 0:
-                            on_reply(reply)
-                    else:
-                        hints = query.on_timeout(address, was_slow=slow)
-                    self._send_down_hints(hints)
-        return list(query.closest_replies)
-
-    def _send_down_hints(self, hints: list[DownHint]) -> None:
-        for hint in hints[:DHT_DOWN_HINT_CHECKS]:
-
-            async def send(h: DownHint = hint, v: bytes = encode_ipv4_address(hint.down)) -> None:
-                try:
-                    await self.request(h.referrer, InternalCommand.DOWN_HINT, internal=True, value=v, retries=0)
-                except DHTError:
-                    pass
-
-            self._nursery.start_soon(send)
+    # --- iterative queries (hypergate/dht/operations.py) ------------------------------
 
     async def find_node(self, target: bytes) -> list[QueryReply]:
-        return await self._run_query(target, InternalCommand.FIND_NODE, internal=True)
+        """The k closest nodes to `target` that answered with a valid id."""
+        return await operations.run_query(self, target, InternalCommand.FIND_NODE, internal=True)
 
     async def lookup(self, topic: bytes) -> list[LookupResult]:
         """Every record the nodes closest to `topic` hold (LOOKUP), one entry per node."""
-        results: list[LookupResult] = []
-
-        def collect(reply: QueryReply) -> None:
-            if reply.response.value is None:
-                return
-            try:
-                found = LookupReply.decode(reply.response.value)
-            except CodecError:
-                self.stats["bad_lookup_values"] += 1
-                return
-            results.append(LookupResult(reply.address, found.peers))
-
-        await self._run_query(topic, Command.LOOKUP, on_reply=collect)
-        return results
+        return await operations.lookup(self, topic)
 
     async def find_peer(self, public_key: bytes) -> list[LookupResult]:
         """Where a server with this key announced itself (FIND_PEER on H32(key))."""
-        results: list[LookupResult] = []
-
-        def collect(reply: QueryReply) -> None:
-            if reply.response.value is None:
-                return
-            try:
-                results.append(LookupResult(reply.address, (PeerRecord.decode(reply.response.value),)))
-            except CodecError:
-                self.stats["bad_lookup_values"] += 1
-
-        await self._run_query(crypto.hash32(public_key), Command.FIND_PEER, on_reply=collect)
-        return results
+        return await operations.find_peer(self, public_key)
 
     async def announce(
         self,
         topic: bytes,
         key_pair: crypto.KeyPair,
-        relay_addresses: list[Address] = (),
+        relay_addresses: Sequence[Address] = (),
         *,
         commit_nodes: int = DHT_ANNOUNCE_COMMIT_NODES,
-    ) -> list[Address]:
+    ) -> list[QueryReply]:
         """Store a signed record for `key_pair` under `topic` on the closest nodes.
 
-        Returns the nodes that accepted it. Announce with `topic == H32(public key)` to be
-        reachable for handshakes: those nodes then relay to this node's socket.
-        Re-announce well within 20 minutes.
+        Returns the replies of the nodes that accepted it. With `topic == H32(public
+        key)` those nodes keep a router entry and relay handshakes to this node's socket
+        (re-announce within 20 minutes and keep the mapping alive; see announcer.py).
         """
-        peer = PeerRecord(key_pair.public_key, list(relay_addresses))
-        return await self._commit(topic, key_pair, peer, Command.ANNOUNCE, commit_nodes)
+        return await operations.commit_announce(
+            self, topic, key_pair, list(relay_addresses), Command.ANNOUNCE, commit_nodes
+        )
 
-    async def unannounce(
-        self, topic: bytes, key_pair: crypto.KeyPair, *, commit_nodes: int = K
-    ) -> list[Address]:
-        return await self._commit(topic, key_pair, PeerRecord(key_pair.public_key, []), Command.UNANNOUNCE, commit_nodes)
+    async def unannounce(self, topic: bytes, key_pair: crypto.KeyPair, *, commit_nodes: int = K) -> list[QueryReply]:
+        return await operations.commit_announce(self, topic, key_pair, [], Command.UNANNOUNCE, commit_nodes)
 
-    async def _commit(
-        self, topic: bytes, key_pair: crypto.KeyPair, peer: PeerRecord, command: Command, commit_nodes: int
-    ) -> list[Address]:
-        closest = await self._run_query(topic, Command.LOOKUP)
-        candidates = [r for r in closest if r.response.token is not None and r.from_id is not None][:commit_nodes]
-        if not candidates:
-            raise DHTError("too few nodes responded")
-        sign = crypto.sign_announce if command == Command.ANNOUNCE else crypto.sign_unannounce
-        stored: list[Address] = []
-
-        async def commit(reply: QueryReply) -> None:
-            token = reply.response.token
-            signature = sign(key_pair, topic, reply.from_id, token, peer)
-            value = Announce(peer=peer, signature=signature).encode()
-            try:
-                await self.request(reply.address, command, target=topic, value=value, token=token)
-            except DHTError as exc:
-                log.debug("dht commit failed node=%s error=%s", reply.address, exc)
-                return
-            stored.append(reply.address)
-
-        async with trio.open_nursery() as nursery:
-            for reply in candidates:
-                nursery.start_soon(commit, reply)
-        if not stored:
-            raise DHTError(f"no node accepted the {command.name.lower()}")
-        return stored
+    async def refresh(self) -> None:
+        node = self.table.random_node(self._rng)
+        try:
+            await operations.run_query(
+                self, node.id if node else self.table.id, InternalCommand.FIND_NODE, internal=True, background=True
+            )
+        except DHTError as exc:
+            log.debug("dht refresh failed error=%s", exc)
 
 
 @asynccontextmanager

@@ -1,0 +1,203 @@
+"""Iterative DHT operations on a running node: FIND_NODE, LOOKUP, FIND_PEER, (UN)ANNOUNCE.
+
+The walk itself is the sans-IO `IterativeQuery`; this module sends its visits through
+`DHTNode.request` in a nursery and commits signed announces to the closest replies
+(dht-rpc query.js, hyperdht index.js announce/lookup).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from hypergate.dht import crypto
+from hypergate.dht.encoding import Address, CodecError, encode_ipv4_address
+from hypergate.dht.messages import Announce, Command, InternalCommand, LookupReply, PeerRecord
+from hypergate.dht.query import Candidate, DownHint, IterativeQuery, QueryReply
+from hypergate.dht.routing_table import K
+from hypergate.errors import HypergateError
+from hypergate.limits import DHT_DOWN_HINT_CHECKS, DHT_QUERY_TIMEOUT_S, DHT_REFRESH_TICKS
+
+if TYPE_CHECKING:
+    from hypergate.dht.node import DHTNode
+
+log = logging.getLogger(__name__)
+
+# dht-rpc runs background (bootstrap, refresh) queries with 2 requests in flight.
+BACKGROUND_CONCURRENCY = 2
+
+
+class DHTError(HypergateError):
+    """A DHT operation could not complete (no answer, too few nodes)."""
+
+
+class RequestTimeout(DHTError):
+    pass
+
+
+@attrs.frozen
+class LookupResult:
+    """One node's answer to LOOKUP/FIND_PEER: the records it holds for the target."""
+
+    node: Address
+    peers: tuple[PeerRecord, ...]
+
+
+def _start_set(node: DHTNode, target: bytes) -> list[Candidate]:
+    start = [Candidate(n.id, n.address) for n in node.table.closest(target)]
+    if len(start) < K:
+        known = {c.address for c in start}
+        start += [Candidate(crypto.node_id(a), a) for a in node.config.bootstrap if a not in known]
+    return start
+
+
+async def run_query(
+    node: DHTNode,
+    target: bytes,
+    command: int,
+    *,
+    internal: bool = False,
+    value: bytes | None = None,
+    background: bool = False,
+    on_reply: Callable[[QueryReply], None] | None = None,
+) -> list[QueryReply]:
+    """Walk towards `target`; returns the closest replies with a valid id (the commit set).
+
+    `on_reply` sees every successful reply as it arrives, closest or not.
+    """
+    node._refresh_ticks = DHT_REFRESH_TICKS
+    concurrency = BACKGROUND_CONCURRENCY if background else node.config.concurrency
+    query = IterativeQuery(target, node.id or node.table.id, _start_set(node, target), concurrency=concurrency)
+    send_results, receive_results = trio.open_memory_channel(float("inf"))
+
+    async def visit(candidate: Candidate) -> None:
+        slow = False
+
+        def mark_slow() -> None:
+            nonlocal slow
+            slow = True
+            query.on_slow(candidate.address)
+
+        try:
+            response, source = await node.request(
+                candidate.address, command, internal=internal, target=target, value=value, on_retry=mark_slow
+            )
+        except DHTError:
+            send_results.send_nowait((candidate.address, slow, None))
+        else:
+            reply = QueryReply(candidate.address, node.valid_id(response.id, source), response)
+            send_results.send_nowait((candidate.address, slow, reply))
+
+    with trio.move_on_after(DHT_QUERY_TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            while True:
+                for candidate in query.next_visits():
+                    nursery.start_soon(visit, candidate)
+                if query.finished:
+                    # Slow stragglers do not hold up a query that has its k replies.
+                    nursery.cancel_scope.cancel()
+                    break
+                address, slow, reply = await receive_results.receive()
+                if reply is None:
+                    hints = query.on_timeout(address, was_slow=slow)
+                else:
+                    hints = query.on_response(reply, was_slow=slow)
+                    if on_reply is not None and reply.response.error == 0:
+                        on_reply(reply)
+                _send_down_hints(node, hints)
+    return list(query.closest_replies)
+
+
+def _send_down_hints(node: DHTNode, hints: list[DownHint]) -> None:
+    for hint in hints[:DHT_DOWN_HINT_CHECKS]:
+
+        async def send(h: DownHint = hint) -> None:
+            try:
+                await node.request(
+                    h.referrer, InternalCommand.DOWN_HINT, internal=True, value=encode_ipv4_address(h.down), retries=0
+                )
+            except DHTError:
+                pass
+
+        node.spawn(send)
+
+
+async def lookup(node: DHTNode, topic: bytes) -> list[LookupResult]:
+    results: list[LookupResult] = []
+
+    def collect(reply: QueryReply) -> None:
+        if reply.response.value is None:
+            return
+        try:
+            found = LookupReply.decode(reply.response.value)
+        except CodecError:
+            node.stats["bad_lookup_values"] += 1
+            return
+        results.append(LookupResult(reply.address, found.peers))
+
+    await run_query(node, topic, Command.LOOKUP, on_reply=collect)
+    return results
+
+
+async def find_peer(node: DHTNode, public_key: bytes) -> list[LookupResult]:
+    results: list[LookupResult] = []
+
+    def collect(reply: QueryReply) -> None:
+        if reply.response.value is None:
+            return
+        try:
+            results.append(LookupResult(reply.address, (PeerRecord.decode(reply.response.value),)))
+        except CodecError:
+            node.stats["bad_lookup_values"] += 1
+
+    await run_query(node, crypto.hash32(public_key), Command.FIND_PEER, on_reply=collect)
+    return results
+
+
+async def commit_announce(
+    node: DHTNode,
+    topic: bytes,
+    key_pair: crypto.KeyPair,
+    relay_addresses: list[Address],
+    command: Command,
+    commit_nodes: int,
+    closest: list[QueryReply] | None = None,
+) -> list[QueryReply]:
+    """Sign for each of the closest nodes (its id, its token) and send the (UN)ANNOUNCE.
+
+    hyperdht signs `peer` with empty relay addresses for an unannounce; the announce
+    carries the relay addresses given. Returns the replies whose node accepted.
+    """
+    peer = PeerRecord(key_pair.public_key, relay_addresses)
+    if closest is None:
+        # hyperdht finds the commit set with the command's read side: LOOKUP for a topic,
+        # FIND_PEER for a key's own hash (both return tokens).
+        read = Command.FIND_PEER if topic == crypto.hash32(key_pair.public_key) else Command.LOOKUP
+        closest = await run_query(node, topic, read)
+    candidates = [r for r in closest if r.response.token is not None and r.from_id is not None][:commit_nodes]
+    if not candidates:
+        raise DHTError("too few nodes responded")
+    sign = crypto.sign_announce if command == Command.ANNOUNCE else crypto.sign_unannounce
+    accepted: list[QueryReply] = []
+
+    async def commit(reply: QueryReply) -> None:
+        token = reply.response.token
+        signature = sign(key_pair, topic, reply.from_id, token, peer)
+        value = Announce(peer=peer, signature=signature).encode()
+        try:
+            await node.request(reply.address, command, target=topic, value=value, token=token)
+        except DHTError as exc:
+            log.debug("dht commit failed node=%s command=%s error=%s", reply.address, command.name, exc)
+            return
+        accepted.append(reply)
+
+    async with trio.open_nursery() as nursery:
+        for reply in candidates:
+            nursery.start_soon(commit, reply)
+    if not accepted:
+        raise DHTError(f"no node accepted the {command.name.lower()}")
+    return accepted

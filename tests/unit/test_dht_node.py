@@ -1,0 +1,225 @@
+"""The trio DHT node between Python nodes and raw sockets on 127.0.0.1.
+
+Real UDP on loopback; each test is bounded by trio.fail_after. Timeouts and retries run
+under MockClock so the 1 s x 4 sends take no real time.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from hypergate.dht import crypto
+from hypergate.dht.encoding import Address
+from hypergate.dht.messages import (
+    Command,
+    Handshake,
+    HandshakeMode,
+    InternalCommand,
+    Request,
+    Response,
+    RpcError,
+)
+from hypergate.dht.node import NodeConfig, RequestTimeout, open_dht_node
+from hypergate.limits import DHT_MAX_DATAGRAM, DHT_RATE_BURST, DHT_REQUEST_RETRIES
+
+LOOPBACK = "127.0.0.1"
+# Everything here is a handful of loopback round trips.
+TEST_TIMEOUT_S = 20
+
+
+def persistent(*bootstrap: Address) -> NodeConfig:
+    return NodeConfig(bootstrap=bootstrap, host=LOOPBACK, ephemeral=False)
+
+
+def ephemeral(*bootstrap: Address) -> NodeConfig:
+    return NodeConfig(bootstrap=bootstrap, host=LOOPBACK)
+
+
+class RawPeer:
+    """A bare UDP socket speaking the wire format by hand."""
+
+    def __init__(self) -> None:
+        self.sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.tid = 100
+
+    async def bind(self, host: str = LOOPBACK) -> RawPeer:
+        await self.sock.bind((host, 0))
+        return self
+
+    @property
+    def address(self) -> Address:
+        return Address(*self.sock.getsockname())
+
+    async def send(self, data: bytes, to: Address) -> None:
+        await self.sock.sendto(data, (to.host, to.port))
+
+    async def request(self, to: Address, command: int, **fields) -> Response:
+        self.tid += 1
+        await self.send(Request(self.tid, to, command, **fields).encode(), to)
+        while True:
+            data, _ = await self.sock.recvfrom(4096)
+            response = Response.decode(data)
+            if response.tid == self.tid:
+                return response
+
+
+async def test_python_nodes_bootstrap_announce_lookup_and_unannounce():
+    topic = crypto.hash32(b"python-only topic")
+    key_pair = crypto.KeyPair.from_seed(b"\x05" * 32)
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with open_dht_node(persistent()) as first:
+            async with open_dht_node(persistent(first.address)) as second:
+                async with open_dht_node(persistent(first.address)) as third:
+                    assert third.id == crypto.node_id(third.address)
+                    assert {second.id, first.id} <= {n.id for n in third.table}
+                    accepted = await third.announce(topic, key_pair, [Address("10.1.2.3", 4000)])
+                    assert {r.address for r in accepted} == {first.address, second.address}
+                    async with open_dht_node(ephemeral(first.address)) as client:
+                        results = await client.lookup(topic)
+                        peers = {p for result in results for p in result.peers}
+                        assert [(p.public_key, p.relay_addresses) for p in peers] == [
+                            (key_pair.public_key, (Address("10.1.2.3", 4000),))
+                        ]
+                        await third.unannounce(topic, key_pair)
+                        assert await client.lookup(topic) == []
+
+
+async def test_ephemeral_node_stays_out_of_tables_and_refuses_storage():
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with open_dht_node(persistent()) as first:
+            async with open_dht_node(ephemeral(first.address)) as client:
+                assert client.id is None
+                assert len(first.table) == 0, "an id-less node is never added"
+                raw = await RawPeer().bind()
+                response = await raw.request(client.address, Command.LOOKUP, target=b"\x01" * 32)
+                assert response.error == RpcError.UNKNOWN_COMMAND
+                assert response.id is None
+
+
+async def test_internal_commands_answer_like_dht_rpc():
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with open_dht_node(persistent()) as node:
+            raw = await RawPeer().bind()
+            pong = await raw.request(node.address, InternalCommand.PING, internal=True)
+            assert pong.to == raw.address and pong.id == node.id and pong.token is None
+            # PING_NAT answers to the port asked for, on the requester's IP.
+            other = await RawPeer().bind()
+            raw.tid += 1
+            value = other.address.port.to_bytes(2, "little")
+            await raw.send(
+                Request(raw.tid, node.address, InternalCommand.PING_NAT, internal=True, value=value).encode(),
+                node.address,
+            )
+            data, _ = await other.sock.recvfrom(4096)
+            assert Response.decode(data).to == other.address
+            found = await raw.request(node.address, InternalCommand.FIND_NODE, internal=True, target=b"\x02" * 32)
+            assert found.error == 0 and found.token is None
+            unknown = await raw.request(node.address, 77, internal=True, target=b"\x02" * 32)
+            assert unknown.error == RpcError.UNKNOWN_COMMAND
+            hint = await raw.request(node.address, InternalCommand.DOWN_HINT, internal=True, value=bytes(6))
+            assert hint.error == 0
+
+
+async def test_tokens_are_issued_per_ip_and_a_bad_token_gets_invalid_token():
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with open_dht_node(persistent()) as node:
+            raw = await RawPeer().bind()
+            target = b"\x03" * 32
+            lookup = await raw.request(node.address, Command.LOOKUP, target=target)
+            assert lookup.error == 0 and lookup.token is not None and lookup.value is None
+            refused = await raw.request(node.address, Command.LOOKUP, target=target, token=b"\x00" * 32)
+            assert refused.error == RpcError.INVALID_TOKEN
+            assert refused.token == lookup.token
+            again = await raw.request(node.address, Command.LOOKUP, target=target, token=lookup.token)
+            assert again.error == 0
+            # A well-formed but unsigned announce is dropped without an answer, as in Node.
+            assert node.store.record_count() == 0
+
+
+async def test_malformed_and_oversized_datagrams_are_counted_and_the_node_keeps_serving():
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with open_dht_node(persistent()) as node:
+            raw = await RawPeer().bind()
+            valid = Request(1, node.address, InternalCommand.FIND_NODE, internal=True, target=b"\x04" * 32).encode()
+            junk = [b"\x03", b"\x99garbage", valid[:-5], b"\x13\x04\x00", bytes([0x03, 0xFF]) + b"\xff" * 40]
+            for data in junk:
+                await raw.send(data, node.address)
+            await raw.send(b"\x03" + b"\x00" * DHT_MAX_DATAGRAM, node.address)
+            pong = await raw.request(node.address, InternalCommand.PING, internal=True)
+            assert pong.error == 0
+            assert node.stats["dropped_malformed"] == len(junk)
+            assert node.stats["dropped_oversized"] == 1
+
+
+async def test_one_source_is_rate_limited():
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with open_dht_node(persistent()) as node:
+            raw = await RawPeer().bind()
+            flood = 3 * int(DHT_RATE_BURST)
+            for tid in range(flood):
+                await raw.send(Request(tid, node.address, InternalCommand.PING, internal=True).encode(), node.address)
+                if tid % 50 == 49:
+                    # Let the node drain its socket so the kernel buffer never overflows.
+                    await trio.testing.wait_all_tasks_blocked()
+            # Another source (127.0.0.2 is loopback too) is still answered.
+            other = await RawPeer().bind("127.0.0.2")
+            pong = await other.request(node.address, InternalCommand.PING, internal=True)
+            assert pong.error == 0
+            assert node.stats["dropped_rate_limited"] >= DHT_RATE_BURST
+
+
+async def test_request_to_a_silent_peer_retries_then_times_out(autojump_clock):
+    silent = await RawPeer().bind()
+    async with open_dht_node(ephemeral()) as node:
+        with pytest.raises(RequestTimeout):
+            await node.request(silent.address, InternalCommand.PING, internal=True)
+        assert node.stats["request_timeouts"] == 1
+    sends = 0
+    for _ in range(20):
+        with trio.move_on_after(0.1) as waited:
+            await silent.sock.recv(4096)
+        if waited.cancelled_caught:
+            break
+        sends += 1
+    assert sends == DHT_REQUEST_RETRIES + 1
+
+
+async def test_handshake_is_relayed_through_a_node_to_an_announced_server():
+    key_pair = crypto.KeyPair.from_seed(b"\x06" * 32)
+    target = crypto.hash32(key_pair.public_key)
+    seen_by_server: list[tuple[Handshake, Address]] = []
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with open_dht_node(persistent()) as relay_node:
+            async with open_dht_node(ephemeral(relay_node.address)) as server:
+
+                async def on_handshake(request: Request, source: Address) -> None:
+                    hs = Handshake.decode(request.value)
+                    seen_by_server.append((hs, source))
+                    answer = Handshake(HandshakeMode.FROM_SERVER, b"msg2:" + hs.noise, peer_address=hs.peer_address)
+                    await server.send_request_once(attrs.evolve(request, value=answer.encode()), source)
+
+                server.add_server(key_pair, on_handshake, None)
+                accepted = await server.announce(target, key_pair, commit_nodes=3)
+                assert [r.address for r in accepted] == [relay_node.address]
+                async with open_dht_node(ephemeral(relay_node.address)) as client:
+                    found = await client.find_peer(key_pair.public_key)
+                    assert [r.node for r in found] == [relay_node.address]
+                    response, source = await client.request(
+                        relay_node.address,
+                        Command.PEER_HANDSHAKE,
+                        target=target,
+                        value=Handshake(HandshakeMode.FROM_CLIENT, b"msg1").encode(),
+                    )
+    assert source == relay_node.address
+    reply = Handshake.decode(response.value)
+    assert reply.mode == HandshakeMode.REPLY and reply.noise == b"msg2:msg1"
+    assert reply.peer_address == server.address
+    [(relayed, relayed_from)] = seen_by_server
+    assert relayed.mode == HandshakeMode.FROM_RELAY and relayed_from == relay_node.address
+    assert relayed.peer_address == client.address
+

@@ -23,6 +23,7 @@ from .wire.messages import PROTOCOL_VERSION, Hello, Message, ResetCode
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = limits.HANDSHAKE_TIMEOUT_S
+MAX_EARLY_MESSAGES = 8
 
 _peer_numbers = itertools.count(1)
 
@@ -101,6 +102,9 @@ async def run_peer(
     peer.remote_key = link.remote_static
     hello_received = trio.Event()
     admitted = False
+    # The peer may admit us, and speak, before its hello has been checked here: keep what
+    # it says meanwhile (bounded) and hand it over once it is admitted.
+    early: list[Message] = []
 
     def on_message(message: Message) -> None:
         if isinstance(message, Hello):
@@ -109,7 +113,10 @@ async def run_peer(
                 hello_received.set()
             return
         if not admitted:
-            log.warning("peer=%s event=message_before_hello ignored", peer.name)
+            if peer.hello is None or len(early) >= MAX_EARLY_MESSAGES:
+                log.warning("peer=%s event=message_before_hello ignored", peer.name)
+            else:
+                early.append(message)
             return
         hooks.on_message(peer, message)
 
@@ -143,6 +150,9 @@ async def run_peer(
             peer.ready.set()
             try:
                 hooks.peer_ready(peer)
+                for message in early:
+                    hooks.on_message(peer, message)
+                early.clear()
                 # The session task ends when the link does; this nursery then exits.
             except Exception:
                 log.exception("peer=%s event=role_hook_failed", peer.name)

@@ -71,6 +71,9 @@ class MuxSession:
         self.going_away = False  # we sent GO_AWAY: no new incoming channels
         self.remote_going_away = False  # the peer sent GO_AWAY: open no new channels
         self.established = trio.Event()
+        # Woken when a channel goes away or the writer drains a batch (for close()).
+        self._progress = trio.lowlevel.ParkingLot()
+        self._writing = False  # a batch is being written to the link
 
     def __repr__(self) -> str:
         return f"MuxSession({self.name}, channels={len(self._channels)})"
@@ -107,10 +110,10 @@ class MuxSession:
         self._queue_control(encode_frame(FrameType.GO_AWAY, 0, value=GoAwayCode.NORMAL))
         with trio.move_on_after(grace):
             while self._channels:
-                await trio.sleep(0.05)
+                await self._progress.park()
         with trio.move_on_after(1.0):
-            while self._control or self._ready:
-                await trio.sleep(0.01)
+            while self._control or self._ready or self._writing:
+                await self._progress.park()
         self.close_reason = self.close_reason or "closed by us"
         self._terminate(ResetReason(ResetCode.GOING_AWAY, "peer shut down"))
 
@@ -173,6 +176,7 @@ class MuxSession:
 
     def _forget(self, channel: Channel) -> None:
         self._channels.pop(channel.id, None)
+        self._progress.unpark_all()
         self._blocked_on_session.discard(channel)
         if channel.reset_reason is not None:
             # Nothing more will be sent on it; frames still queued are moot.
@@ -302,12 +306,15 @@ class MuxSession:
                     del self._queued[channel]
                 channel._credit_changed()
             blob = b"".join(parts) if len(parts) > 1 else parts[0]
+            self._writing = True
             try:
                 for offset in range(0, len(blob), max_batch):
                     await self.link.send_record(blob[offset : offset + max_batch])
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self._fail(ConnectionError(f"link write failed: {exc}"))
                 return
+            self._writing = False
+            self._progress.unpark_all()
 
     # --- reader ---------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ import os
 
 import pytest
 import trio
+import trio.testing
 
 from hypergate import limits
 from hypergate.mux.channel import ChannelReset
@@ -116,7 +117,7 @@ async def test_dead_peer_is_detected_by_keepalive(nursery, autojump_clock):
 
 async def test_idle_but_alive_link_survives_keepalive(nursery, autojump_clock):
     a, b = await linked_sessions(nursery, on_channel_b=echo_handler)
-    await trio.sleep(10 * limits.DEAD_PEER_TIMEOUT_S)
+    await trio.sleep(10 * limits.DEAD_PEER_TIMEOUT_S)  # virtual time: autojump MockClock
     assert not a.closed and not b.closed and a.rtt is not None
     channel = await a.open_channel(REQ)
     await channel.send(b"still here")
@@ -134,8 +135,8 @@ async def test_go_away_lets_open_channels_finish_and_refuses_new_ones(nursery):
         closing.set()
 
     nursery.start_soon(close_b)
-    while not a.remote_going_away:
-        await trio.sleep(0.001)
+    await trio.testing.wait_all_tasks_blocked()
+    assert a.remote_going_away
     with pytest.raises(ChannelReset, match="closing"):
         await a.open_channel(REQ)
     await channel.send(b"last words")
@@ -178,10 +179,8 @@ async def test_window_overrun_closes_the_session(nursery):
     # Bypass our own flow control to send more than the window allows.
     for _ in range(limits.INITIAL_CHANNEL_WINDOW // len(chunk) + 1):
         a._queue_control(encode_header(FrameType.DATA, channel.id, 0, len(chunk)) + chunk)
-    with trio.fail_after(5):
-        while not b.closed:
-            await trio.sleep(0.001)
-    assert "granted" in b.close_reason
+    await trio.testing.wait_all_tasks_blocked()
+    assert b.closed and "granted" in b.close_reason
 
 
 async def test_bad_control_message_is_ignored_and_later_ones_arrive(nursery):
@@ -190,9 +189,7 @@ async def test_bad_control_message_is_ignored_and_later_ones_arrive(nursery):
     a._queue_control(encode_frame(FrameType.MESSAGE, 0, payload=b"[1,2"))
     a._queue_control(encode_frame(FrameType.MESSAGE, 0, payload=b'{"type":"nope"}'))
     a.send_message(Hello(type="hello", version=1, gateway=True))
-    with trio.fail_after(5):
-        while not received:
-            await trio.sleep(0.001)
+    await trio.testing.wait_all_tasks_blocked()
     assert received == [Hello(type="hello", version=1, gateway=True)] and not b.closed
 
 

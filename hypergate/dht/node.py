@@ -452,9 +452,11 @@ class DHTNode:
         elif command == Command.ANNOUNCE:
             now_ms = int(trio.current_time() * 1000)
             if self.store.on_announce(request.target, request.token, self.id, request.value, source, now, now_ms):
+                self.stats["announces_stored"] += 1
                 await self._respond(request, source)
         elif command == Command.UNANNOUNCE:
             if self.store.on_unannounce(request.target, request.token, self.id, request.value or b""):
+                self.stats["unannounces_done"] += 1
                 await self._respond(request, source)
 
     async def _serve_peer_message(self, request: Request, source: Address, now: float) -> None:
@@ -474,10 +476,12 @@ class DHTNode:
             self.stats["relay_dropped"] += 1
             log.debug("dht relay drop from=%s reason=%s", source, action.reason)
         elif isinstance(action, Forward):
-            self.stats["relayed"] += 1
+            self.stats[f"relayed_{Command(request.command).name.lower()}"] += 1
             relayed = Request(request.tid, action.to, request.command, False, self.id, None, request.target, action.value)
             await self._send(relayed.encode(), action.to)
         elif isinstance(action, Respond):
+            if action.to is not None:
+                self.stats[f"replied_for_{Command(request.command).name.lower()}"] += 1
             to = action.to or source
             await self._respond(request, to, value=action.value, closer_nodes=action.closer_nodes)
 

@@ -1,8 +1,10 @@
 """Our DHT node in a real Node.js hyperdht testnet on 127.0.0.1 (tests/interop/testnet.js).
 
 Shows that Node nodes keep our node in their tables (it answers PING and FIND_NODE with
-a valid id), that our lookup finds what Node announced, and that Node's lookup finds
-what we announced (so our signatures and tokens are accepted by the real code).
+a valid id), that our lookup finds what Node announced, that Node's lookup finds what we
+announced (so our signatures and tokens are accepted by the real code), that Node nodes
+relay handshakes and hole-punch messages to a Python server that announced its key, and
+that Node peers whose only DHT node is ours connect through it (tests/interop/peer_pair.js).
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import json
 import subprocess
 
+import attrs
 import pytest
 import trio
 
 from hypergate.dht import crypto
 from hypergate.dht.encoding import Address
+from hypergate.dht.messages import Command, Handshake, HandshakeMode, Holepunch, Request
 from hypergate.dht.node import NodeConfig, open_dht_node
 from tests.interop.node_support import INTEROP_DIR, require_node
 
@@ -133,3 +137,69 @@ async def test_node_lookup_finds_our_signed_announce_and_unannounce_removes_it(t
         assert len(removed) >= 3
         found = await testnet.command("lookup", topic=topic.hex(), **{"from": 1})
         assert found["publicKeys"] == []
+
+
+async def test_python_server_reached_through_node_relays(testnet):
+    """The path the connection layer will use: announce our key, get relayed messages."""
+    key_pair = crypto.KeyPair.from_seed(b"\x0b" * 32)
+    target = crypto.hash32(key_pair.public_key)
+    received: list[tuple[int, Address, bytes]] = []
+    config = NodeConfig(bootstrap=testnet.bootstrap, host="127.0.0.1")
+    async with open_dht_node(config) as server, open_dht_node(config) as client:
+
+        async def answer(request: Request, source: Address) -> None:
+            if request.command == Command.PEER_HANDSHAKE:
+                hs = Handshake.decode(request.value)
+                received.append((hs.mode, hs.peer_address, hs.noise))
+                back = Handshake(HandshakeMode.FROM_SERVER, b"msg2 for " + hs.noise, peer_address=hs.peer_address)
+            else:
+                hp = Holepunch.decode(request.value)
+                received.append((hp.mode, hp.peer_address, hp.payload))
+                back = Holepunch(HandshakeMode.FROM_SERVER, 0, b"punch back", peer_address=hp.peer_address)
+            await server.send_request_once(attrs.evolve(request, value=back.encode()), source)
+
+        server.add_server(key_pair, answer, answer)
+        relays = await server.announce(target, key_pair, commit_nodes=3)
+        assert len(relays) == 3
+        found = await client.find_peer(key_pair.public_key)
+        assert {r.node for r in found} == {r.address for r in relays}
+        assert all(r.peers[0].public_key == key_pair.public_key for r in found)
+        relay = found[0].node
+
+        response, source = await client.request(
+            relay, Command.PEER_HANDSHAKE, target=target, value=Handshake(HandshakeMode.FROM_CLIENT, b"msg1").encode()
+        )
+        assert source == relay
+        reply = Handshake.decode(response.value)
+        assert (reply.mode, reply.noise, reply.peer_address) == (HandshakeMode.REPLY, b"msg2 for msg1", server.address)
+
+        response, _ = await client.request(
+            relay, Command.PEER_HOLEPUNCH, target=target, value=Holepunch(HandshakeMode.FROM_CLIENT, 7, b"probe").encode()
+        )
+        punch = Holepunch.decode(response.value)
+        assert (punch.mode, punch.payload, punch.peer_address) == (HandshakeMode.REPLY, b"punch back", server.address)
+
+    assert received == [
+        (HandshakeMode.FROM_RELAY, client.address, b"msg1"),
+        (HandshakeMode.FROM_RELAY, client.address, b"probe"),
+    ]
+
+
+async def test_node_peers_connect_through_our_node_as_their_only_dht():
+    """A Node server and client whose only DHT node is ours: they find each other, run
+    the IK handshake through our relay and exchange data."""
+    node_binary = require_node()
+    async with open_dht_node(NodeConfig(host="127.0.0.1", ephemeral=False)) as ours:
+        with trio.fail_after(COMMAND_TIMEOUT_S):
+            result = await trio.run_process(
+                [node_binary, str(INTEROP_DIR / "peer_pair.js"), str(ours.address)],
+                cwd=INTEROP_DIR,
+                capture_stdout=True,
+                check=False,
+            )
+        outcome = json.loads(result.stdout.decode().strip().splitlines()[-1])
+        assert outcome == {"ok": True, "echo": "hello through the python relay", "serverKey": outcome["serverKey"]}
+        assert ours.stats["announces_stored"] == 1
+        assert ours.stats["relayed_peer_handshake"] == 1
+        assert ours.stats["replied_for_peer_handshake"] == 1
+        assert ours.stats["unannounces_done"] == 1, "the server's close removed its entry"

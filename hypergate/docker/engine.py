@@ -153,7 +153,9 @@ class DockerEngine:
         return str(answer["Id"])
 
     async def start_container(self, container: str) -> None:
-        await self.request("POST", f"/containers/{_quote(container)}/start", ok_statuses=(304,))
+        await self.request(
+            "POST", f"/containers/{_quote(container)}/start", ok_statuses=(304,), decode_json=False
+        )
 
     async def stop_container(self, container: str, *, timeout_s: int = limits.DOCKER_STOP_TIMEOUT_S) -> None:
         await self.request(
@@ -162,6 +164,7 @@ class DockerEngine:
             query={"t": str(timeout_s)},
             timeout_s=self.timeout_s + timeout_s,
             ok_statuses=(304,),
+            decode_json=False,
         )
 
     async def remove_container(self, container: str, *, force: bool = True) -> None:
@@ -170,6 +173,7 @@ class DockerEngine:
             f"/containers/{_quote(container)}",
             query={"force": "true" if force else "false"},
             timeout_s=self.timeout_s + limits.DOCKER_STOP_TIMEOUT_S,
+            decode_json=False,
         )
 
     # --- networks ---------------------------------------------------------------------
@@ -214,6 +218,7 @@ class DockerEngine:
             "POST",
             f"/networks/{_quote(network)}/connect",
             body={"Container": container, "EndpointConfig": {"Aliases": aliases or []}},
+            decode_json=False,  # Docker answers an empty body, Podman the text "OK"
         )
 
 

@@ -217,3 +217,18 @@ async def test_bridge_sync_follows_routes_and_cleans_up_on_cancel(podman):
         assert [h["Labels"][LABEL_HELPER_ALIAS] for h in await bridge.helpers()] == ["pma.hyper"]
         nursery.cancel_scope.cancel()
     assert await bridge.helpers() == []  # removed when the gateway stops
+
+
+async def test_address_on_network_connects_own_container(podman):
+    # A gateway (or provider) running in a container that is not yet on the network.
+    engine = DockerEngine(podman.socket_path)
+    home, network = podman.unique("home"), podman.unique("hgnet")
+    await engine.ensure_network(home)
+    own = await trio.to_thread.run_sync(
+        lambda: podman.run("run", "-d", "--network", home, podman.image, "sleep", "600").stdout.strip()
+    )
+    address = await address_on_network(engine, network, own_container=own)
+    endpoints = (await engine.inspect_container(own))["NetworkSettings"]["Networks"]
+    assert set(endpoints) == {home, network}
+    assert endpoints[network]["IPAddress"] == address
+    assert await address_on_network(engine, network, own_container=own) == address  # no second connect

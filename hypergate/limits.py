@@ -176,3 +176,11 @@ DHT_MAX_RECORDS = 65536
 DHT_MAX_RECORDS_PER_TOPIC = 256
 DHT_MAX_RECORDS_PER_IP = 128
 DHT_MAX_ROUTER_ENTRIES = 65536
+# (Node) a server announces its key to the 3 closest nodes, pings them every 3 s to keep
+# the NAT mapping they relay through open, and re-announces after 100 rounds (~5 min),
+# well inside the 20 min records live, or at once when fewer than 3 relays answer.
+DHT_RELAY_ANNOUNCE_NODES = 3
+DHT_RELAY_KEEPALIVE_S = 3.0
+DHT_RELAY_KEEPALIVE_ROUNDS = 100
+# On stop, the unannounce (a query plus one request per relay) gets this long.
+DHT_UNANNOUNCE_ON_STOP_TIMEOUT_S = 5.0

@@ -12,17 +12,16 @@ from hypergate.dht.messages import (
     Announce,
     Handshake,
     Holepunch,
-    HolepunchPayload,
     LookupReply,
     MutableGetResponse,
     MutablePutRequest,
-    NoisePayload,
     PeerRecord,
     PluginRequest,
     Request,
     Response,
     decode_datagram,
 )
+from hypergate.dht.payloads import HolepunchPayload, NoisePayload
 from hypergate.dht.routing_table import OLD_NODE_TICKS, RoutingTable, TableNode, row_index
 
 DECODABLE = [

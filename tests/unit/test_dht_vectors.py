@@ -16,21 +16,16 @@ from hypergate.dht.messages import (
     Announce,
     Handshake,
     Holepunch,
-    HolepunchInfo,
-    HolepunchPayload,
     LookupReply,
     MutableGetResponse,
     MutablePutRequest,
     MutableSignable,
-    NoisePayload,
     PeerRecord,
     PluginRequest,
-    RelayInfo,
-    RelayThroughInfo,
     Request,
     Response,
-    UdxInfo,
 )
+from hypergate.dht.payloads import HolepunchInfo, HolepunchPayload, NoisePayload, RelayInfo, RelayThroughInfo, UdxInfo
 from hypergate.dht.routing_table import RoutingTable, TableNode
 from tests.interop.node_support import generate_vectors
 

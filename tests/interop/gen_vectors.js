@@ -13,6 +13,7 @@ const Persistent = require('hyperdht/lib/persistent')
 const peer = require('dht-rpc/lib/peer')
 const IO = require('dht-rpc/lib/io')
 const Table = require('kademlia-routing-table')
+const NatSampler = require('nat-sampler')
 
 const hex = (b) => b4a.toString(b, 'hex')
 const buf = (h) => b4a.from(h, 'hex')
@@ -235,5 +236,23 @@ vectors.table = {
   size: table.size,
   closest: targets.map((t) => ({ target: hex(t), ids: table.closest(t).map((n) => hex(n.id)) }))
 }
+
+// --- NAT sampling: host/port after each sample ------------------------------------------
+const natSequences = [
+  [['1.1.1.1', 10], ['1.1.1.1', 10], ['1.1.1.1', 10]],
+  [['1.1.1.1', 10], ['1.1.1.1', 11], ['1.1.1.1', 12], ['1.1.1.1', 13], ['1.1.1.1', 14]],
+  [['1.1.1.1', 10], ['2.2.2.2', 10], ['1.1.1.1', 10], ['1.1.1.1', 10], ['1.1.1.1', 10], ['1.1.1.1', 10]]
+]
+// A long mixed run exercises the 16-sample ring and its 4-sample match window.
+const long = []
+for (let i = 0; i < 60; i++) long.push([i % 7 === 0 ? '9.9.9.9' : '5.5.5.5', i % 5 === 0 ? 2000 + i : 1000])
+natSequences.push(long)
+vectors.nat = natSequences.map((samples) => {
+  const sampler = new NatSampler()
+  return samples.map(([host, port]) => {
+    const hits = sampler.add(host, port)
+    return { host, port, hits, resultHost: sampler.host, resultPort: sampler.port }
+  })
+})
 
 process.stdout.write(JSON.stringify(vectors, null, 1) + '\n')

@@ -12,6 +12,7 @@ import pytest
 
 from hypergate.dht import crypto
 from hypergate.dht.encoding import Address, Decoder, Encoder
+from hypergate.dht.nat import NatSampler
 from hypergate.dht.messages import (
     Announce,
     Handshake,
@@ -306,3 +307,12 @@ def test_routing_table_accepts_and_orders_like_kademlia_routing_table(vectors):
     for case in tv["closest"]:
         got = [n.id.hex() for n in table.closest(bytes.fromhex(case["target"]))]
         assert got == case["ids"]
+
+
+def test_nat_sampler_settles_exactly_like_nat_sampler(vectors):
+    assert len(vectors["nat"]) >= 4
+    for sequence in vectors["nat"]:
+        sampler = NatSampler()
+        for step in sequence:
+            assert sampler.add(step["host"], step["port"]) == step["hits"], step
+            assert (sampler.host, sampler.port) == (step["resultHost"], step["resultPort"]), step

@@ -9,7 +9,6 @@ import trio
 from hypergate.config import Service
 from hypergate.docker.discovery import discover, run_discovery
 from hypergate.docker.engine import DockerEngine, DockerError
-from tests.integration.podman_fixture import podman, podman_session  # noqa: F401
 
 
 async def podman_cli(podman, *args):

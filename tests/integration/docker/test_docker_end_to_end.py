@@ -26,7 +26,6 @@ from hypergate.docker.gateway_bridge import (
     bridge_routes,
 )
 from hypergate.router import PeerAddress
-from tests.integration.podman_fixture import podman, podman_session  # noqa: F401
 
 PAGE = "hello-from-machine-a"
 

@@ -6,7 +6,9 @@ random subnet pool, the busybox image (imported, no registry needed), and the AP
 of `podman system service`. Nothing of the host's own Podman setup is read or changed.
 Root only; skipped with the reason when Podman, runc, netavark or busybox is missing.
 
-Use: `from tests.integration.podman_fixture import podman, podman_session  # noqa: F401`.
+Tests in this folder take the `podman` fixture. One Podman service serves the whole
+session (a conftest fixture is defined once; one imported into several modules would
+start one service per module).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ from functools import partial
 import pytest
 import trio
 
+import hypergate
+
 from hypergate.docker.engine import DockerEngine
 from hypergate.docker.gateway_bridge import (
     LABEL_HELPER_ALIAS,
@@ -20,9 +22,8 @@ from hypergate.docker.gateway_bridge import (
     bridge_routes,
 )
 from hypergate.config import Service
-from tests.integration.podman_fixture import podman, podman_session  # noqa: F401
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(hypergate.__file__)))
 
 
 def host_python_runner(image):

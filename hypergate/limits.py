@@ -184,3 +184,7 @@ DHT_RELAY_KEEPALIVE_S = 3.0
 DHT_RELAY_KEEPALIVE_ROUNDS = 100
 # On stop, the unannounce (a query plus one request per relay) gets this long.
 DHT_UNANNOUNCE_ON_STOP_TIMEOUT_S = 5.0
+# (Node) the reachability check asks up to 5 nodes to answer to our server socket.
+DHT_FIREWALL_PROBES = 5
+# (Node) an adaptive node turns persistent after 240 ticks (~20 min) without trouble.
+DHT_STABLE_TICKS = 240

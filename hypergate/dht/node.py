@@ -1,11 +1,14 @@
 """The DHT node: a thin trio driver around the sans-IO codecs, table, query and store.
 
-One UDP socket carries requests and responses (Node uses two; replies go to the
-source address either way). Requests are matched to responses by 16-bit tid, resent
-after REQUEST_TIMEOUT_S up to REQUEST_RETRIES times, all timed by trio's clock.
+Two UDP sockets, as dht-rpc: while the node may be behind a firewall it sends from
+the client socket and keeps the server socket silent, so a PING_NAT answer that reaches
+the server socket proves unsolicited packets get in (operations.check_firewalled).
+Replies leave from the socket the request came in on. Requests are matched to responses
+by 16-bit tid, resent after DHT_REQUEST_TIMEOUT_S up to DHT_REQUEST_RETRIES times, all
+timed by trio's clock.
 
-    async with open_dht_node(NodeConfig(bootstrap=[...], ephemeral=False)) as node:
-        peers = await node.lookup(topic)
+    async with open_dht_node(NodeConfig(bootstrap=(Address("127.0.0.1", 49737),))) as node:
+        results = await node.lookup(topic)
         await node.announce(topic, key_pair)
 """
 
@@ -22,27 +25,25 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from hypergate.dht import crypto, operations
+from hypergate.dht import crypto, operations, serving
 from hypergate.dht.encoding import Address, CodecError
-from hypergate.dht.messages import Command, InternalCommand, Request, Response, RpcError, decode_datagram
+from hypergate.dht.messages import Command, InternalCommand, Request, Response, decode_datagram
+from hypergate.dht.nat import NatSampler
 from hypergate.dht.operations import DHTError, LookupResult, RequestTimeout
 from hypergate.dht.query import QueryReply
 from hypergate.dht.ratelimit import SourceRateLimiter
-from hypergate.dht.relay import Drop, Forward, Respond, relay_handshake, relay_holepunch
-from hypergate.dht.routing_table import K, RoutingTable, TableNode
+from hypergate.dht.routing_table import K, OLD_NODE_TICKS, RoutingTable, TableNode
 from hypergate.dht.storage import AnnounceStore
 from hypergate.limits import (
     DHT_ANNOUNCE_COMMIT_NODES,
-    DHT_DOWN_HINT_CHECKS,
     DHT_MAX_DATAGRAM,
-    DHT_MAX_DELAYED_PINGS,
     DHT_MAX_INFLIGHT_REQUESTS,
-    DHT_MAX_PING_DELAY_S,
     DHT_MAX_SERVING,
     DHT_REFRESH_TICKS,
     DHT_REPING_CONCURRENCY,
     DHT_REQUEST_RETRIES,
     DHT_REQUEST_TIMEOUT_S,
+    DHT_STABLE_TICKS,
     DHT_TICK_S,
 )
 
@@ -51,22 +52,38 @@ log = logging.getLogger(__name__)
 
 @attrs.frozen
 class NodeConfig:
-    """How to run a node. `ephemeral=False` makes it persistent: it sends its id, joins
-    other nodes' tables and stores announces; only do that where other nodes can reach
-    `public_address` (or the bound address when that is a specific IP)."""
+    """How to run a node.
+
+    ephemeral: True (default) never stores records nor joins tables: right for peers
+    that only announce and look up. None is hyperdht's adaptive mode: persistent once
+    reachable and stable for ~20 min. False is persistent at once (a bootstrap node or
+    a test network): other nodes must reach it at `public_address`, or at the bound
+    address when that is a specific IP, or at the address the network reports.
+    firewalled=False skips the reachability check (a host known to be public).
+    """
 
     bootstrap: tuple[Address, ...] = attrs.field(default=(), converter=tuple)
     host: str = "0.0.0.0"
     port: int = 0
-    ephemeral: bool = True
+    ephemeral: bool | None = True
+    firewalled: bool = True
     public_address: Address | None = None
     concurrency: int = 10
 
 
-# A server on this node gets each PEER_HANDSHAKE / PEER_HOLEPUNCH for its key with the
-# address it came from, and answers with `DHTNode.reply` (FROM_CLIENT: a direct REPLY) or
-# `DHTNode.send_request_once` (FROM_RELAY: a FROM_SERVER request back through the relay).
-PeerHandler = Callable[[Request, Address], Awaitable[None]]
+@attrs.frozen
+class Incoming:
+    """A request as it reached us: answer it with `DHTNode.reply` / `DHTNode.relay`."""
+
+    request: Request
+    source: Address
+    socket: trio.socket.SocketType = attrs.field(eq=False, repr=False)
+
+
+# A server on this node gets each PEER_HANDSHAKE / PEER_HOLEPUNCH for its key. It answers
+# FROM_CLIENT with `reply` (a direct REPLY) and FROM_RELAY with `relay` (a FROM_SERVER
+# request, same tid, back to the relay that sent it).
+PeerHandler = Callable[[Incoming], Awaitable[None]]
 
 
 @attrs.define
@@ -75,6 +92,7 @@ class _Pending:
     done: trio.Event = attrs.Factory(trio.Event)
     response: Response | None = None
     source: Address | None = None
+    socket: trio.socket.SocketType | None = None
 
 
 class DHTNode:
@@ -84,71 +102,111 @@ class DHTNode:
         self.table = RoutingTable(os.urandom(32))
         self.store = AnnounceStore(self._rng)
         self.id: bytes | None = None  # set when persistent
+        self.firewalled = config.firewalled
+        self.nat = NatSampler()
         self.stats: Counter[str] = Counter()
         self.bootstrapped = trio.Event()
-        self._socket: trio.socket.SocketType | None = None
-        self._local: Address | None = None
+        self.tokens: crypto.TokenSecrets | None = None
+        self.tick = 0
+        self.checks = 0
+        self.delayed_pings = 0
+        self.servers: dict[bytes, tuple[PeerHandler | None, PeerHandler | None]] = {}
+        self._address: Address | None = None
+        self._server_socket: trio.socket.SocketType | None = None
+        self._client_socket: trio.socket.SocketType | None = None
         self._tid = self._rng.randrange(65536)
         self._pending: dict[int, _Pending] = {}
-        self._tokens: crypto.TokenSecrets | None = None
         self._limiter = SourceRateLimiter()
-        self._nat_samples: Counter[str] = Counter()
-        self._tick = 0
+        self._id_less_samples: list[Address] = []
+        self._stable_ticks = DHT_STABLE_TICKS
         self._refresh_ticks = DHT_REFRESH_TICKS
         self._nursery: trio.Nursery | None = None
         self._repinging = 0
-        self._checks = 0
-        self._delayed_pings = 0
         self._serving = 0
-        self._servers: dict[bytes, tuple[PeerHandler | None, PeerHandler | None]] = {}
 
     # --- lifecycle -------------------------------------------------------------------
 
     @property
     def address(self) -> Address:
-        """The bound local address."""
-        if self._local is None:
+        """The server socket's bound address (what other nodes should reach)."""
+        if self._address is None:
             raise DHTError("node is not running")
-        return self._local
+        return self._address
 
     @property
     def persistent(self) -> bool:
         return self.id is not None
 
+    def remote_address(self) -> Address | None:
+        """Our public address if the network agrees on it and it reaches the server socket."""
+        if self.firewalled or self.nat.host is None or self.nat.port != self.address.port:
+            return None
+        return Address(self.nat.host, self.nat.port)
+
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Bind, start serving, bootstrap; `started()` once bootstrapped."""
-        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        with sock:
-            await sock.bind((self.config.host, self.config.port))
-            host, port = sock.getsockname()
-            self._socket = sock
-            self._local = Address(host, port)
-            self._tokens = crypto.TokenSecrets(trio.current_time())
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._receive_loop)
-                await self._bootstrap()
-                nursery.start_soon(self._maintenance_loop)
-                task_status.started(self)
-        self._socket = None
+        with trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server_socket, trio.socket.socket(
+            socket.AF_INET, socket.SOCK_DGRAM
+        ) as client_socket:
+            await server_socket.bind((self.config.host, self.config.port))
+            await client_socket.bind((self.config.host, 0))
+            self._server_socket, self._client_socket = server_socket, client_socket
+            self._address = Address(*server_socket.getsockname())
+            self.tokens = crypto.TokenSecrets(trio.current_time())
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._receive_loop, server_socket)
+                    nursery.start_soon(self._receive_loop, client_socket)
+                    await self._bootstrap()
+                    nursery.start_soon(self._maintenance_loop)
+                    task_status.started(self)
+            finally:
+                self._server_socket = self._client_socket = None
 
     async def _bootstrap(self) -> None:
-        if not self.config.ephemeral:
+        if self.config.ephemeral is False:
             public = self.config.public_address
             if public is None and self.config.host not in ("0.0.0.0", ""):
-                public = self._local
+                public = self.address
             if public is not None:
+                self.firewalled = False
                 self._become_persistent(public)
-        target = self.id or self.table.id
-        await operations.run_query(self, target, InternalCommand.FIND_NODE, internal=True, background=True)
-        if not self.config.ephemeral and self.id is None and self._nat_samples:
-            host, _ = self._nat_samples.most_common(1)[0]
-            self._become_persistent(Address(host, self.address.port))
-            await operations.run_query(self, self.id, InternalCommand.FIND_NODE, internal=True, background=True)
+        await operations.run_query(self, self.id or self.table.id, InternalCommand.FIND_NODE, internal=True, background=True)
+        if self.firewalled:
+            await self._update_network_state(may_persist=False)
+        if self.config.ephemeral is False and self.id is None:
+            if self.nat.host is not None:
+                self.firewalled = False
+                self._become_persistent(Address(self.nat.host, self.address.port))
+                await operations.run_query(self, self.id, InternalCommand.FIND_NODE, internal=True, background=True)
+            else:
+                log.warning("dht cannot become persistent: no address reported by the network")
         self.bootstrapped.set()
-        log.info("dht bootstrapped local=%s id=%s nodes=%d", self._local, self.id and self.id.hex()[:16], len(self.table))
+        log.info(
+            "dht bootstrapped local=%s firewalled=%s public=%s id=%s nodes=%d",
+            self.address,
+            self.firewalled,
+            self.remote_address(),
+            self.id.hex()[:16] if self.id else None,
+            len(self.table),
+        )
+
+    async def _update_network_state(self, may_persist: bool) -> None:
+        """Firewall check; in adaptive mode, become persistent once reachable."""
+        if self.firewalled:
+            reachable = await operations.check_reachable(self)
+            if reachable is not None:
+                self.firewalled = False
+                self.nat = reachable
+        public = self.remote_address()
+        if may_persist and self.id is None and public is not None:
+            self._become_persistent(public)
+            self.spawn(self.refresh)
 
     def _become_persistent(self, public: Address) -> None:
+        if self.nat.host is None:
+            self.nat.add(public.host, public.port)  # as dht-rpc's bootstrapper pre-seeds it
         self.id = crypto.node_id(public)
         old = list(self.table)
         self.table = RoutingTable(self.id)
@@ -162,6 +220,11 @@ class DHTNode:
 
     # --- request/response io ---------------------------------------------------------
 
+    @property
+    def request_socket(self) -> trio.socket.SocketType:
+        # While possibly firewalled the server socket stays silent (see module docstring).
+        return self._client_socket if self.firewalled else self._server_socket
+
     def _next_tid(self) -> int:
         for _ in range(65536):
             self._tid = (self._tid + 1) & 0xFFFF
@@ -169,9 +232,9 @@ class DHTNode:
                 return self._tid
         raise DHTError("no free transaction id")
 
-    async def _send(self, data: bytes, to: Address) -> None:
+    async def send(self, data: bytes, to: Address, sock: trio.socket.SocketType | None = None) -> None:
         try:
-            await self._socket.sendto(data, (to.host, to.port))
+            await (sock or self.request_socket).sendto(data, (to.host, to.port))
         except OSError as exc:
             # ICMP errors and unroutable peers surface as timeouts of the request.
             self.stats["send_errors"] += 1
@@ -191,33 +254,58 @@ class DHTNode:
         on_retry: Callable[[], None] | None = None,
     ) -> tuple[Response, Address]:
         """Send one request, resending on silence; returns (response, its source)."""
+        pending = await self.transact(
+            to, command, internal=internal, target=target, value=value, token=token, retries=retries,
+            timeout_s=timeout_s, on_retry=on_retry,
+        )
+        return pending.response, pending.source
+
+    async def transact(
+        self,
+        to: Address,
+        command: int,
+        *,
+        internal: bool = False,
+        target: bytes | None = None,
+        value: bytes | None = None,
+        token: bytes | None = None,
+        retries: int = DHT_REQUEST_RETRIES,
+        timeout_s: float = DHT_REQUEST_TIMEOUT_S,
+        on_retry: Callable[[], None] | None = None,
+    ) -> _Pending:
+        """`request`, also telling which socket the answer arrived on."""
         if len(self._pending) >= DHT_MAX_INFLIGHT_REQUESTS:
             raise DHTError("too many requests in flight")
+        sock = self.request_socket
+        node_id = self.id if sock is self._server_socket else None
         tid = self._next_tid()
-        data = Request(tid, to, command, internal, self.id, token, target, value).encode()
+        data = Request(tid, to, command, internal, node_id, token, target, value).encode()
         pending = self._pending[tid] = _Pending(to)
         try:
             for attempt in range(retries + 1):
                 if attempt == 1 and on_retry is not None:
                     on_retry()
-                await self._send(data, to)
+                await self.send(data, to, sock)
                 with trio.move_on_after(timeout_s):
                     await pending.done.wait()
                 if pending.response is not None:
-                    return pending.response, pending.source
+                    return pending
             self.stats["request_timeouts"] += 1
             raise RequestTimeout(f"no answer from {to} to command {command}")
         finally:
             del self._pending[tid]
 
+    def is_server_socket(self, sock: trio.socket.SocketType | None) -> bool:
+        return sock is not None and sock is self._server_socket
+
     async def ping(self, to: Address) -> Response:
         response, _ = await self.request(to, InternalCommand.PING, internal=True)
         return response
 
-    async def _receive_loop(self) -> None:
+    async def _receive_loop(self, sock: trio.socket.SocketType) -> None:
         while True:
             try:
-                data, (host, port) = await self._socket.recvfrom(DHT_MAX_DATAGRAM + 1)
+                data, (host, port) = await sock.recvfrom(DHT_MAX_DATAGRAM + 1)
             except OSError as exc:
                 # e.g. an ICMP error queued on the socket: about one peer, not about us.
                 self.stats["receive_errors"] += 1
@@ -240,45 +328,108 @@ class DHTNode:
                 self.stats["dropped_malformed"] += 1
                 continue
             if isinstance(message, Response):
-                self._on_response(message, source)
+                self._on_response(message, source, sock)
             else:
-                self._on_request(message, source)
+                self._on_request(Incoming(message, source, sock))
 
     def valid_id(self, claimed: bytes | None, source: Address) -> bytes | None:
         if claimed is None:
             return None
         return claimed if crypto.node_id(source) == claimed else None
 
-    def _on_response(self, response: Response, source: Address) -> None:
+    def _on_response(self, response: Response, source: Address, sock: trio.socket.SocketType) -> None:
         pending = self._pending.get(response.tid)
         if pending is None or pending.response is not None:
             self.stats["dropped_unmatched"] += 1
             return
-        pending.response = response
-        pending.source = source
+        pending.response, pending.source, pending.socket = response, source, sock
         pending.done.set()
-        self._add_node_from_network(source, self.valid_id(response.id, source), response.to)
+        # Only the socket we send from tells how we are seen (dht-rpc "external" rule).
+        sample = sock is self.request_socket
+        self._add_node_from_network(source, self.valid_id(response.id, source), response.to, sample)
+
+    def _on_request(self, incoming: Incoming) -> None:
+        if self._serving >= DHT_MAX_SERVING:
+            self.stats["dropped_busy"] += 1
+            return
+        request, source = incoming.request, incoming.source
+        self.tokens.advance(trio.current_time())
+        token_ok = request.token is None or self.tokens.is_valid(source.host, request.token)
+        if token_ok:
+            sample = incoming.socket is self.request_socket
+            self._add_node_from_network(source, self.valid_id(request.id, source), request.to, sample)
+        self.stats[f"requests_in_{'internal' if request.internal else 'external'}"] += 1
+        # Counted before the task starts, so a burst of datagrams cannot overshoot the bound.
+        self._serving += 1
+        self._nursery.start_soon(self._serve, incoming, token_ok)
+
+    async def _serve(self, incoming: Incoming, token_ok: bool) -> None:
+        try:
+            await serving.serve(self, incoming, token_ok)
+        finally:
+            self._serving -= 1
+
+    async def reply(
+        self,
+        incoming: Incoming,
+        *,
+        value: bytes | None = None,
+        error: int = 0,
+        token: bool = False,
+        closer_nodes: bool = False,
+        to: Address | None = None,
+    ) -> None:
+        """Answer a request from the socket it arrived on, to its source unless `to`."""
+        to = to or incoming.source
+        request = incoming.request
+        closer = ()
+        if closer_nodes and request.target is not None:
+            closer = tuple(n.address for n in self.table.closest(request.target))
+        response = Response(
+            tid=request.tid,
+            to=to,
+            id=self.id if self.is_server_socket(incoming.socket) else None,
+            token=self.tokens.token(to.host) if token else None,
+            closer_nodes=closer,
+            error=error,
+            value=value,
+        )
+        await self.send(response.encode(), to, incoming.socket)
+
+    async def relay(self, incoming: Incoming, to: Address, value: bytes) -> None:
+        """Pass a request on to `to` with a new value: same tid, command and target, no token."""
+        request = incoming.request
+        node_id = self.id if self.is_server_socket(incoming.socket) else None
+        relayed = Request(request.tid, to, request.command, request.internal, node_id, None, request.target, value)
+        await self.send(relayed.encode(), to, incoming.socket)
 
     # --- routing table upkeep --------------------------------------------------------
 
-    def _add_node_from_network(self, source: Address, node_id: bytes | None, seen_as: Address) -> None:
+    def _add_node_from_network(self, source: Address, node_id: bytes | None, seen_as: Address, sample: bool) -> None:
         if node_id is None:
-            # Id-less responders (bootstrap nodes while young) still tell us our address.
-            if len(self._nat_samples) < 16:
-                self._nat_samples[seen_as.host] += 1
+            # Id-less responders (young or bootstrap nodes) may still tell us our address,
+            # but only as many as we have bootstrap nodes, so strangers cannot steer it.
+            if sample and len(self._id_less_samples) < max(1, len(self.config.bootstrap)):
+                if source not in self._id_less_samples:
+                    self._id_less_samples.append(source)
+                    self.nat.add(seen_as.host, seen_as.port)
             return
         if node_id == self.table.id:
             return
         node = self.table.get(node_id)
         if node is not None:
-            self.table.mark_seen(node, self._tick)
+            if sample and (node.sampled == 0 or self.tick - node.sampled >= OLD_NODE_TICKS):
+                node.to, node.sampled = seen_as, self.tick
+                self.nat.add(seen_as.host, seen_as.port)
+            self.table.mark_seen(node, self.tick)
             return
-        node = TableNode(node_id, source, added=self._tick, pinged=self._tick, seen=self._tick, to=seen_as)
-        if self._nat_samples.total() < 64:
-            self._nat_samples[seen_as.host] += 1
+        node = TableNode(node_id, source, added=self.tick, pinged=self.tick, seen=self.tick, to=seen_as)
         if self.table.add(node):
+            if sample:
+                node.sampled = self.tick
+                self.nat.add(seen_as.host, seen_as.port)
             return
-        candidate = self.table.full_row_candidate(node_id, self._tick)
+        candidate = self.table.full_row_candidate(node_id, self.tick)
         if candidate is not None and self.bootstrapped.is_set() and self._repinging < DHT_REPING_CONCURRENCY:
             self._repinging += 1
             self._nursery.start_soon(self._reping_and_swap, node, candidate)
@@ -289,7 +440,7 @@ class DHTNode:
         (dht-rpc compares tick counters instead, which swaps out a node that answers
         within the tick it was last seen; the id check says the same without that race.)
         """
-        node.pinged = self._tick
+        node.pinged = self.tick
         try:
             response, source = await self.request(node.address, InternalCommand.PING, internal=True)
         except DHTError:
@@ -305,185 +456,36 @@ class DHTNode:
             self.table.remove(old.id)
             self.table.add(newcomer)
 
-    async def _check(self, node: TableNode) -> None:
+    async def check(self, node: TableNode) -> None:
         """Drop a node that stays silent (dht-rpc _check)."""
-        self._checks += 1
+        self.checks += 1
         try:
             if not await self._still_there(node):
                 self.table.remove(node.id)
         finally:
-            self._checks -= 1
+            self.checks -= 1
 
     async def _maintenance_loop(self) -> None:
         while True:
             await trio.sleep(DHT_TICK_S)
-            self._tick += 1
+            self.tick += 1
             now = trio.current_time()
             self.store.expire(now)
-            self._tokens.advance(now)
-            if self._tick % 8 == 0:
+            self.tokens.advance(now)
+            if self.config.ephemeral is None and self.id is None:
+                self._stable_ticks -= 1
+                if self._stable_ticks <= 0:
+                    # Checked again only after a longer wait if this one fails (dht-rpc).
+                    self._stable_ticks = 3 * DHT_STABLE_TICKS
+                    self.spawn(lambda: self._update_network_state(may_persist=True))
+            if self.tick % 8 == 0:
                 count = 3 if len(self._pending) > 2 else 5
                 for node in self.table.least_recently_seen(count):
-                    if node.pinged != self._tick:
-                        self._nursery.start_soon(self._check, node)
+                    if node.pinged != self.tick:
+                        self._nursery.start_soon(self.check, node)
             self._refresh_ticks -= 1
-            if self._refresh_ticks <= 0 or (self._tick % 64 == 0 and len(self.table) < K):
+            if self._refresh_ticks <= 0 or (self.tick % 64 == 0 and len(self.table) < K):
                 self._nursery.start_soon(self.refresh)
-
-    # --- serving requests ------------------------------------------------------------
-
-    async def _respond(
-        self,
-        request: Request,
-        to: Address,
-        *,
-        error: int = 0,
-        value: bytes | None = None,
-        token: bool = False,
-        closer_nodes: bool = False,
-        seen_as: Address | None = None,
-    ) -> None:
-        closer = ()
-        if closer_nodes and request.target is not None:
-            closer = tuple(n.address for n in self.table.closest(request.target))
-        response = Response(
-            tid=request.tid,
-            to=seen_as or to,
-            id=self.id,
-            token=self._tokens.token(to.host) if token else None,
-            closer_nodes=closer,
-            error=error,
-            value=value,
-        )
-        await self._send(response.encode(), to)
-
-    def _on_request(self, request: Request, source: Address) -> None:
-        if self._serving >= DHT_MAX_SERVING:
-            self.stats["dropped_busy"] += 1
-            return
-        self._tokens.advance(trio.current_time())
-        token_ok = request.token is None or self._tokens.is_valid(source.host, request.token)
-        if token_ok:
-            self._add_node_from_network(source, self.valid_id(request.id, source), request.to)
-        self.stats[f"requests_in_{'internal' if request.internal else 'external'}"] += 1
-        # Counted before the task starts, so a burst of datagrams cannot overshoot the bound.
-        self._serving += 1
-        self._nursery.start_soon(self._serve, request, source, token_ok)
-
-    async def _serve(self, request: Request, source: Address, token_ok: bool) -> None:
-        try:
-            if not token_ok:
-                # Any token is checked before dispatch, as in dht-rpc: never send one unasked.
-                self.stats["invalid_tokens"] += 1
-                await self._respond(request, source, error=RpcError.INVALID_TOKEN, token=True, closer_nodes=True)
-            elif request.internal:
-                await self._serve_internal(request, source)
-            else:
-                await self._serve_external(request, source)
-        finally:
-            self._serving -= 1
-
-    async def _serve_internal(self, request: Request, source: Address) -> None:
-        command = request.command
-        if command == InternalCommand.PING:
-            await self._respond(request, source)
-        elif command == InternalCommand.PING_NAT:
-            if request.value is None or len(request.value) < 2:
-                return
-            port = int.from_bytes(request.value[:2], "little")
-            if port == 0:
-                return
-            await self._respond(request, Address(source.host, port))
-        elif command == InternalCommand.FIND_NODE:
-            if request.target is not None:
-                await self._respond(request, source, closer_nodes=True)
-        elif command == InternalCommand.DOWN_HINT:
-            if request.value is None or len(request.value) < 6:
-                return
-            node = self.table.get(crypto.hash32(request.value[:6]))
-            if node is not None and self._checks < DHT_DOWN_HINT_CHECKS and (
-                node.pinged < self._tick or node.down_hints == 0
-            ):
-                node.down_hints += 1
-                self._nursery.start_soon(self._check, node)
-            await self._respond(request, source)
-        elif command == InternalCommand.DELAYED_PING:
-            if request.value is None or len(request.value) < 4:
-                return
-            delay_s = int.from_bytes(request.value[:4], "little") / 1000
-            if delay_s > DHT_MAX_PING_DELAY_S or self._delayed_pings >= DHT_MAX_DELAYED_PINGS:
-                return
-            self._delayed_pings += 1
-            try:
-                await trio.sleep(delay_s)
-            finally:
-                self._delayed_pings -= 1
-            await self._respond(request, source)
-        else:
-            await self._respond(request, source, error=RpcError.UNKNOWN_COMMAND, closer_nodes=True)
-
-    async def _serve_external(self, request: Request, source: Address) -> None:
-        command = request.command
-        now = trio.current_time()
-        if command in (Command.PEER_HANDSHAKE, Command.PEER_HOLEPUNCH):
-            await self._serve_peer_message(request, source, now)
-            return
-        if not self.persistent or command not in (
-            Command.FIND_PEER,
-            Command.LOOKUP,
-            Command.ANNOUNCE,
-            Command.UNANNOUNCE,
-        ):
-            await self._respond(request, source, error=RpcError.UNKNOWN_COMMAND, closer_nodes=True)
-            return
-        if request.target is None:
-            return
-        if command == Command.FIND_PEER:
-            await self._respond(
-                request, source, value=self.store.find_peer(request.target, now), token=True, closer_nodes=True
-            )
-        elif command == Command.LOOKUP:
-            reply = self.store.lookup(request.target, now)
-            await self._respond(
-                request, source, value=reply.encode() if reply else None, token=True, closer_nodes=True
-            )
-        elif request.token is None:
-            return  # storing needs a token; Node stays silent too
-        elif command == Command.ANNOUNCE:
-            now_ms = int(trio.current_time() * 1000)
-            if self.store.on_announce(request.target, request.token, self.id, request.value, source, now, now_ms):
-                self.stats["announces_stored"] += 1
-                await self._respond(request, source)
-        elif command == Command.UNANNOUNCE:
-            if self.store.on_unannounce(request.target, request.token, self.id, request.value or b""):
-                self.stats["unannounces_done"] += 1
-                await self._respond(request, source)
-
-    async def _serve_peer_message(self, request: Request, source: Address, now: float) -> None:
-        if request.target is None:
-            return
-        handlers = self._servers.get(request.target)
-        if handlers is not None:
-            handler = handlers[0] if request.command == Command.PEER_HANDSHAKE else handlers[1]
-            if handler is not None:
-                await handler(request, source)
-            return
-        entry = self.store.router_entry(request.target, now)
-        relay = entry.relay if entry is not None else None
-        decide = relay_handshake if request.command == Command.PEER_HANDSHAKE else relay_holepunch
-        action = decide(request.value, source, relay)
-        if isinstance(action, Drop):
-            self.stats["relay_dropped"] += 1
-            log.debug("dht relay drop from=%s reason=%s", source, action.reason)
-        elif isinstance(action, Forward):
-            self.stats[f"relayed_{Command(request.command).name.lower()}"] += 1
-            relayed = Request(request.tid, action.to, request.command, False, self.id, None, request.target, action.value)
-            await self._send(relayed.encode(), action.to)
-        elif isinstance(action, Respond):
-            if action.to is not None:
-                self.stats[f"replied_for_{Command(request.command).name.lower()}"] += 1
-            to = action.to or source
-            await self._respond(request, to, value=action.value, closer_nodes=action.closer_nodes)
 
     # --- servers on this node (used by the connection layer) ---------------------------
 
@@ -492,20 +494,12 @@ class DHTNode:
     ) -> bytes:
         """Route PEER_HANDSHAKE/HOLEPUNCH for H32(public key) to these handlers; returns the target."""
         target = self.store.add_local_server(key_pair.public_key)
-        self._servers[target] = (on_handshake, on_holepunch)
+        self.servers[target] = (on_handshake, on_holepunch)
         return target
 
     def remove_server(self, key_pair: crypto.KeyPair) -> None:
         self.store.remove_local_server(key_pair.public_key)
-        self._servers.pop(crypto.hash32(key_pair.public_key), None)
-
-    async def reply(self, request: Request, to: Address, value: bytes | None) -> None:
-        """Answer a request handed to a server handler (no token, no closer nodes)."""
-        await self._respond(request, to, value=value)
-
-    async def send_request_once(self, request: Request, to: Address) -> None:
-        """Send a request datagram without waiting (relay-style, e.g. FROM_SERVER)."""
-        await self._send(attrs.evolve(request, to=to, id=self.id, token=None).encode(), to)
+        self.servers.pop(crypto.hash32(key_pair.public_key), None)
 
     # --- iterative queries (hypergate/dht/operations.py) ------------------------------
 
@@ -532,8 +526,8 @@ class DHTNode:
         """Store a signed record for `key_pair` under `topic` on the closest nodes.
 
         Returns the replies of the nodes that accepted it. With `topic == H32(public
-        key)` those nodes keep a router entry and relay handshakes to this node's socket
-        (re-announce within 20 minutes and keep the mapping alive; see announcer.py).
+        key)` those nodes keep a router entry and relay handshakes to the socket this
+        node sends from; announcer.ServerAnnouncer keeps that alive.
         """
         return await operations.commit_announce(
             self, topic, key_pair, list(relay_addresses), Command.ANNOUNCE, commit_nodes
@@ -564,4 +558,4 @@ async def open_dht_node(config: NodeConfig) -> AsyncIterator[DHTNode]:
             nursery.cancel_scope.cancel()
 
 
-__all__ = ["DHTError", "DHTNode", "LookupResult", "NodeConfig", "RequestTimeout", "open_dht_node"]
+__all__ = ["DHTError", "DHTNode", "Incoming", "LookupResult", "NodeConfig", "RequestTimeout", "open_dht_node"]

@@ -17,10 +17,11 @@ import trio
 from hypergate.dht import crypto
 from hypergate.dht.encoding import Address, CodecError, encode_ipv4_address
 from hypergate.dht.messages import Announce, Command, InternalCommand, LookupReply, PeerRecord
+from hypergate.dht.nat import NatSampler
 from hypergate.dht.query import Candidate, DownHint, IterativeQuery, QueryReply
 from hypergate.dht.routing_table import K
 from hypergate.errors import HypergateError
-from hypergate.limits import DHT_DOWN_HINT_CHECKS, DHT_QUERY_TIMEOUT_S, DHT_REFRESH_TICKS
+from hypergate.limits import DHT_DOWN_HINT_CHECKS, DHT_FIREWALL_PROBES, DHT_QUERY_TIMEOUT_S, DHT_REFRESH_TICKS
 
 if TYPE_CHECKING:
     from hypergate.dht.node import DHTNode
@@ -201,3 +202,45 @@ async def commit_announce(
     if not accepted:
         raise DHTError(f"no node accepted the {command.name.lower()}")
     return accepted
+
+
+async def check_reachable(node: DHTNode) -> NatSampler | None:
+    """How the network sees our server socket, or None if firewalled (dht-rpc _checkIfFirewalled).
+
+    Asks up to 5 nodes, from the client socket, to PING_NAT-answer to the server
+    socket's port. Reachable needs 3 answers there (1 if fewer were asked), seeing the
+    host we already sampled, at the server socket's own port. The returned samples then
+    describe the server socket (the node's own samples described the client socket).
+    """
+    probes = [n.address for n in node.table.latest(DHT_FIREWALL_PROBES)]
+    for address in node.config.bootstrap:
+        if len(probes) >= DHT_FIREWALL_PROBES:
+            break
+        if address not in probes:
+            probes.append(address)
+    if not probes:
+        return None
+    port = node.address.port
+    sampler = NatSampler()
+    arrived = 0
+
+    async def probe(address: Address) -> None:
+        nonlocal arrived
+        try:
+            pending = await node.transact(
+                address, InternalCommand.PING_NAT, internal=True, value=port.to_bytes(2, "little")
+            )
+        except DHTError:
+            return
+        if node.is_server_socket(pending.socket):
+            arrived += 1
+            sampler.add(pending.response.to.host, pending.response.to.port)
+
+    async with trio.open_nursery() as nursery:
+        for address in probes:
+            nursery.start_soon(probe, address)
+    if arrived < (3 if len(probes) >= DHT_FIREWALL_PROBES else 1):
+        return None
+    if sampler.host is None or sampler.host != node.nat.host or sampler.port != port:
+        return None
+    return sampler

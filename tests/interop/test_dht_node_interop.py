@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import subprocess
 
-import attrs
 import pytest
 import trio
 
 from hypergate.dht import crypto
 from hypergate.dht.encoding import Address
-from hypergate.dht.messages import Command, Handshake, HandshakeMode, Holepunch, Request
-from hypergate.dht.node import NodeConfig, open_dht_node
+from hypergate.dht.messages import Command, Handshake, HandshakeMode, Holepunch
+from hypergate.dht.node import Incoming, NodeConfig, open_dht_node
 from tests.interop.node_support import INTEROP_DIR, require_node
 
 pytestmark = pytest.mark.interop
@@ -147,7 +146,8 @@ async def test_python_server_reached_through_node_relays(testnet):
     config = NodeConfig(bootstrap=testnet.bootstrap, host="127.0.0.1")
     async with open_dht_node(config) as server, open_dht_node(config) as client:
 
-        async def answer(request: Request, source: Address) -> None:
+        async def answer(incoming: Incoming) -> None:
+            request = incoming.request
             if request.command == Command.PEER_HANDSHAKE:
                 hs = Handshake.decode(request.value)
                 received.append((hs.mode, hs.peer_address, hs.noise))
@@ -156,7 +156,7 @@ async def test_python_server_reached_through_node_relays(testnet):
                 hp = Holepunch.decode(request.value)
                 received.append((hp.mode, hp.peer_address, hp.payload))
                 back = Holepunch(HandshakeMode.FROM_SERVER, 0, b"punch back", peer_address=hp.peer_address)
-            await server.send_request_once(attrs.evolve(request, value=back.encode()), source)
+            await server.relay(incoming, incoming.source, back.encode())
 
         server.add_server(key_pair, answer, answer)
         relays = await server.announce(target, key_pair, commit_nodes=3)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 
-import attrs
 import pytest
 import trio
 import trio.testing
@@ -24,8 +23,8 @@ from hypergate.dht.messages import (
     Response,
     RpcError,
 )
-from hypergate.dht.node import NodeConfig, RequestTimeout, open_dht_node
-from hypergate.limits import DHT_MAX_DATAGRAM, DHT_RATE_BURST, DHT_REQUEST_RETRIES
+from hypergate.dht.node import Incoming, NodeConfig, RequestTimeout, open_dht_node
+from hypergate.limits import DHT_MAX_DATAGRAM, DHT_RATE_BURST, DHT_REQUEST_RETRIES, DHT_STABLE_TICKS, DHT_TICK_S
 
 LOOPBACK = "127.0.0.1"
 # Everything here is a handful of loopback round trips.
@@ -197,11 +196,11 @@ async def test_handshake_is_relayed_through_a_node_to_an_announced_server():
         async with open_dht_node(persistent()) as relay_node:
             async with open_dht_node(ephemeral(relay_node.address)) as server:
 
-                async def on_handshake(request: Request, source: Address) -> None:
-                    hs = Handshake.decode(request.value)
-                    seen_by_server.append((hs, source))
+                async def on_handshake(incoming: Incoming) -> None:
+                    hs = Handshake.decode(incoming.request.value)
+                    seen_by_server.append((hs, incoming.source))
                     answer = Handshake(HandshakeMode.FROM_SERVER, b"msg2:" + hs.noise, peer_address=hs.peer_address)
-                    await server.send_request_once(attrs.evolve(request, value=answer.encode()), source)
+                    await server.relay(incoming, incoming.source, answer.encode())
 
                 server.add_server(key_pair, on_handshake, None)
                 accepted = await server.announce(target, key_pair, commit_nodes=3)
@@ -223,3 +222,50 @@ async def test_handshake_is_relayed_through_a_node_to_an_announced_server():
     assert relayed.mode == HandshakeMode.FROM_RELAY and relayed_from == relay_node.address
     assert relayed.peer_address == client.address
 
+
+
+async def test_reachability_check_finds_a_loopback_node_reachable():
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with open_dht_node(persistent()) as first:
+            async with open_dht_node(ephemeral(first.address)) as node:
+                assert not node.firewalled
+                assert node.remote_address() == node.address
+                assert node.id is None, "ephemeral: reachable but never persistent"
+
+
+async def test_a_node_whose_server_socket_gets_no_answers_stays_firewalled(autojump_clock):
+    """The only node it knows answers FIND_NODE but never PING_NAT (as if a firewall
+    dropped the answer): the node keeps sending from its client socket."""
+    bootstrap = await RawPeer().bind()
+    sources: list[Address] = []
+
+    async def answer_all_but_ping_nat() -> None:
+        for _ in range(50):
+            data, (host, port) = await bootstrap.sock.recvfrom(4096)
+            request = Request.decode(data)
+            sources.append(Address(host, port))
+            if request.command != InternalCommand.PING_NAT:
+                reply = Response(request.tid, Address(host, port))
+                await bootstrap.send(reply.encode(), Address(host, port))
+
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer_all_but_ping_nat)
+            async with open_dht_node(ephemeral(bootstrap.address)) as node:
+                assert node.firewalled
+                assert node.remote_address() is None
+                await node.ping(bootstrap.address)
+            nursery.cancel_scope.cancel()
+    assert sources and all(s.port != node.address.port for s in sources), "server socket stayed silent"
+
+
+async def test_adaptive_node_turns_persistent_after_a_stable_period(autojump_clock):
+    async with open_dht_node(persistent()) as first:
+        config = NodeConfig(bootstrap=(first.address,), host=LOOPBACK, ephemeral=None)
+        async with open_dht_node(config) as node:
+            assert node.id is None and not node.firewalled
+            await trio.sleep((DHT_STABLE_TICKS + 2) * DHT_TICK_S)
+            assert node.id == crypto.node_id(node.address)
+            # It now answers with its id, so other nodes add it to their tables.
+            await node.ping(first.address)
+            assert node.id in first.table

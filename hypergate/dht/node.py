@@ -26,6 +26,7 @@ import attrs
 import trio
 
 from hypergate.dht import crypto, operations, serving
+from hypergate.dht.bootstrap import BootstrapNode, as_bootstrap_node, resolve_bootstrap
 from hypergate.dht.encoding import Address, CodecError
 from hypergate.dht.messages import Command, InternalCommand, Request, Response, decode_datagram
 from hypergate.dht.nat import NatSampler
@@ -60,9 +61,13 @@ class NodeConfig:
     a test network): other nodes must reach it at `public_address`, or at the bound
     address when that is a specific IP, or at the address the network reports.
     firewalled=False skips the reachability check (a host known to be public).
+    bootstrap takes Address, BootstrapNode or "[suggestedIP@]host:port" strings
+    (bootstrap.PUBLIC_BOOTSTRAP is the public network).
     """
 
-    bootstrap: tuple[Address, ...] = attrs.field(default=(), converter=tuple)
+    bootstrap: tuple[BootstrapNode, ...] = attrs.field(
+        default=(), converter=lambda nodes: tuple(as_bootstrap_node(n) for n in nodes)
+    )
     host: str = "0.0.0.0"
     port: int = 0
     ephemeral: bool | None = True
@@ -103,6 +108,7 @@ class DHTNode:
         self.store = AnnounceStore(self._rng)
         self.id: bytes | None = None  # set when persistent
         self.firewalled = config.firewalled
+        self.bootstrap_addresses: list[Address] = []  # resolved when the node starts
         self.nat = NatSampler()
         self.stats: Counter[str] = Counter()
         self.bootstrapped = trio.Event()
@@ -165,6 +171,7 @@ class DHTNode:
                 self._server_socket = self._client_socket = None
 
     async def _bootstrap(self) -> None:
+        self.bootstrap_addresses = await resolve_bootstrap(self.config.bootstrap, self.ping)
         if self.config.ephemeral is False:
             public = self.config.public_address
             if public is None and self.config.host not in ("0.0.0.0", ""):

@@ -52,7 +52,7 @@ def _start_set(node: DHTNode, target: bytes) -> list[Candidate]:
     start = [Candidate(n.id, n.address) for n in node.table.closest(target)]
     if len(start) < K:
         known = {c.address for c in start}
-        start += [Candidate(crypto.node_id(a), a) for a in node.config.bootstrap if a not in known]
+        start += [Candidate(crypto.node_id(a), a) for a in node.bootstrap_addresses if a not in known]
     return start
 
 
@@ -213,7 +213,7 @@ async def check_reachable(node: DHTNode) -> NatSampler | None:
     describe the server socket (the node's own samples described the client socket).
     """
     probes = [n.address for n in node.table.latest(DHT_FIREWALL_PROBES)]
-    for address in node.config.bootstrap:
+    for address in node.bootstrap_addresses:
         if len(probes) >= DHT_FIREWALL_PROBES:
             break
         if address not in probes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 
@@ -11,7 +12,19 @@ import trio
 from . import limits
 from .config import Service
 from .crypto.keys import RouterKeys
+from .http.fingerprint_resolver import (
+    FingerprintEntry,
+    FingerprintRegistry,
+    key_for_outbound_socket,
+    serve_fingerprint_resolver,
+    wall_clock_ms,
+)
+from .http.unlimited_endpoint import serve_unlimited
+from .policy.ingress import IngressPolicy
+from .policy.source import PolicySource
+from .policy.unlimited import UnlimitedService
 from .roles import Roles
+from .roles.admission import PolicyAdmission
 from .roles.gateway import Gateway
 from .roles.provider import Provider
 from .roles.routes import ExposurePolicy
@@ -31,6 +44,14 @@ class NodeConfig:
     peer_port: int | None = None
     peers: tuple[PeerAddress, ...] = ()
     name: str = ""
+    # Provider: fingerprint resolver (port 0: off).
+    resolver_host: str = "127.0.0.1"
+    resolver_port: int = 0
+    resolver_basic_auth: str | None = attrs.field(default=None, repr=False)
+    # Gateway: /unlimited endpoint (off without a secret).
+    unlimited_secret: str | None = attrs.field(default=None, repr=False)
+    unlimited_host: str = "127.0.0.1"
+    unlimited_port: int = 8091
 
 
 @attrs.define
@@ -40,11 +61,29 @@ class Node:
     router: Router
     provider: Provider | None
     gateway: Gateway | None
+    config: NodeConfig
+    policy_source: PolicySource | None = None
+    fingerprints: FingerprintRegistry | None = None
+    unlimited: UnlimitedService | None = None
+    resolver_port: int | None = None  # bound port, once serving
+    unlimited_bound_port: int | None = None
 
     @classmethod
-    def build(cls, config: NodeConfig) -> Node:
-        provider = Provider(list(config.services)) if config.services is not None else None
-        gateway = Gateway(config.listen, config.exposure) if config.gateway else None
+    def build(cls, config: NodeConfig, policy_source: PolicySource | None = None) -> Node:
+        """`policy_source` must already be loaded (so start-up fails on a bad policy)."""
+        provider = None
+        fingerprints = None
+        if config.services is not None:
+            provider = Provider(list(config.services), _policy_wire(policy_source))
+            if policy_source is not None:
+                policy_source.on_change = lambda policy: provider.set_policy(policy.to_wire() or None)
+            if config.resolver_port:
+                fingerprints = FingerprintRegistry()
+                provider.observers.append(_fingerprint_observer(fingerprints))
+        unlimited = UnlimitedService(config.unlimited_secret) if config.unlimited_secret else None
+        gateway = None
+        if config.gateway:
+            gateway = Gateway(config.listen, config.exposure, PolicyAdmission(unlimited))
         router = Router(
             RouterKeys.from_secret(config.router_secret),
             Roles(provider, gateway),
@@ -55,14 +94,37 @@ class Node:
             peers=list(config.peers),
             name=config.name,
         )
-        return cls(router, provider, gateway)
+        return cls(
+            router, provider, gateway, config,
+            policy_source=policy_source if provider is not None else None,
+            fingerprints=fingerprints,
+            unlimited=unlimited if gateway is not None else None,
+        )
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        config = self.config
         async with trio.open_nursery() as nursery:
             if self.provider is not None:
                 await nursery.start(self.provider.run)
+                if self.policy_source is not None:
+                    await nursery.start(self.policy_source.run)
+                if self.fingerprints is not None:
+                    self.resolver_port = await nursery.start(
+                        functools.partial(
+                            _serve_optional, "fingerprint_resolver", serve_fingerprint_resolver,
+                            self.fingerprints, host=config.resolver_host, port=config.resolver_port,
+                            extra=(config.resolver_basic_auth,),
+                        )
+                    )
             if self.gateway is not None:
                 await nursery.start(self.gateway.run)
+                if self.unlimited is not None:
+                    self.unlimited_bound_port = await nursery.start(
+                        functools.partial(
+                            _serve_optional, "unlimited", serve_unlimited,
+                            self.unlimited, host=config.unlimited_host, port=config.unlimited_port,
+                        )
+                    )
             await nursery.start(self.router.run)
             task_status.started()
 
@@ -84,3 +146,46 @@ class Node:
     async def _shutdown_then_cancel(self, scope: trio.CancelScope) -> None:
         await self.router.shutdown()
         scope.cancel()
+
+
+def _policy_wire(source: PolicySource | None):
+    if source is None or source.policy == IngressPolicy.empty():
+        return None
+    return source.policy.to_wire()
+
+
+def _fingerprint_observer(registry: FingerprintRegistry):
+    """Keeps the resolver's registry in step with the provider's open connections."""
+    keys = {}
+
+    def observe(channel, peer, local, remote) -> None:
+        if local is None:
+            key = keys.pop(channel, None)
+            if key is not None:
+                registry.remove(key)
+            return
+        request = channel.request
+        key = key_for_outbound_socket(request.protocol, local, remote)
+        keys[channel] = key
+        registry.add(
+            key,
+            FingerprintEntry(request.fingerprint, request.protocol, request.gatePort, channel.id, wall_clock_ms()),
+        )
+
+    return observe
+
+
+async def _serve_optional(
+    what: str, serve, *args, host: str, port: int, extra: tuple = (),
+    task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED,
+):
+    """An auxiliary HTTP endpoint: if its port cannot be bound, say so in one line and
+    run without it rather than take the tunnel down."""
+    try:
+        await serve(*args, host, port, *extra, task_status=task_status)
+    except OSError as exc:
+        log.error(
+            "event=%s_listen_failed host=%s port=%d error=%r (continuing without it)",
+            what, host, port, exc.strerror or str(exc),
+        )
+        task_status.started(None)

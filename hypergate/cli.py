@@ -19,6 +19,7 @@ from .app import Node, NodeConfig
 from .config import load_filters, load_services
 from .crypto.keys import new_router_secret, parse_router_secret
 from .errors import ConfigError, HypergateError
+from .policy.source import PolicySource
 from .roles.routes import ExposurePolicy
 from .router import PeerAddress
 
@@ -102,6 +103,23 @@ def _gateway_option(value: str | None) -> tuple[bool, str | None]:
     "--peer", "peers", multiple=True, type=CommaList(), envvar=_env("PEER"),
     metavar="HOST:PORT", help="Connect to a peer at this address (direct mode). Repeatable.",
 )
+@click.option(
+    "--ingressPolicy", "ingress_policies", multiple=True, type=SingleDocument(), envvar=_env("INGRESS_POLICY"),
+    help="Provider: ingress policy (JSON, path or URL); repeatable, deep-merged left to right.",
+)
+@click.option(
+    "--ingressPolicyRefreshMs", "ingress_policy_refresh_ms", type=click.IntRange(1000), default=60000,
+    show_default=True, envvar=_env("INGRESS_POLICY_REFRESH_MS"), help="How often policy URLs are re-read.",
+)
+@click.option("--fingerprintResolverHost", "resolver_host", default="127.0.0.1", show_default=True, envvar=_env("FINGERPRINT_RESOLVER_HOST"))
+@click.option(
+    "--fingerprintResolverPort", "resolver_port", type=click.IntRange(0, 65535), default=8080, show_default=True,
+    envvar=_env("FINGERPRINT_RESOLVER_PORT"), help="Provider: fingerprint resolver HTTP port (0: off).",
+)
+@click.option("--fingerprintResolverBasicAuth", "resolver_basic_auth", default=None, metavar="USER:PASS", envvar=_env("FINGERPRINT_RESOLVER_BASIC_AUTH"))
+@click.option("--unlimitedSecret", "unlimited_secret", default=None, envvar=_env("UNLIMITED_SECRET"), help="Gateway: enable /unlimited with this token secret.")
+@click.option("--unlimitedHost", "unlimited_host", default="127.0.0.1", show_default=True, envvar=_env("UNLIMITED_HOST"))
+@click.option("--unlimitedPort", "unlimited_port", type=click.IntRange(1, 65535), default=8091, show_default=True, envvar=_env("UNLIMITED_PORT"))
 @click.option("--verbose", is_flag=True, envvar=_env("VERBOSE"), help="Debug logging.")
 @click.pass_context
 async def main_group(
@@ -115,6 +133,14 @@ async def main_group(
     peer_port: int | None,
     peer_host: str,
     peers: tuple[str, ...],
+    ingress_policies: tuple[str, ...],
+    ingress_policy_refresh_ms: int,
+    resolver_host: str,
+    resolver_port: int,
+    resolver_basic_auth: str | None,
+    unlimited_secret: str | None,
+    unlimited_host: str,
+    unlimited_port: int,
     verbose: bool,
 ) -> None:
     """hypergate: expose services of a provider as ports of a gateway, over an encrypted
@@ -145,6 +171,14 @@ async def main_group(
     peer_addresses = tuple(parse_peer_address(p) for value in peers for p in value.split(",") if p.strip())
     if peer_port is None and not peer_addresses:
         log.warning("event=no_peers hint='give --peerPort PORT and/or --peer HOST:PORT'")
+    policy_source = None
+    if ingress_policies:
+        if services is None:
+            raise ConfigError("--ingressPolicy applies to providers: give --provider too")
+        policy_source = PolicySource(ingress_policies, refresh_interval_s=ingress_policy_refresh_ms / 1000)
+        await policy_source.load()
+    if resolver_basic_auth is not None and ":" not in resolver_basic_auth:
+        raise ConfigError("--fingerprintResolverBasicAuth: expected USER:PASS")
     config = NodeConfig(
         router_secret=secret,
         services=tuple(services) if services is not None else None,
@@ -154,8 +188,14 @@ async def main_group(
         peer_host=peer_host,
         peer_port=peer_port,
         peers=peer_addresses,
+        resolver_host=resolver_host,
+        resolver_port=resolver_port,
+        resolver_basic_auth=resolver_basic_auth,
+        unlimited_secret=unlimited_secret,
+        unlimited_host=unlimited_host,
+        unlimited_port=unlimited_port,
     )
-    node = Node.build(config)
+    node = Node.build(config, policy_source)
     log.info(
         "event=starting provider=%s services=%d gateway=%s topic=%s",
         services is not None, len(services or ()), is_gateway, node.router.keys.topic.hex()[:16],

@@ -108,7 +108,8 @@ class Cluster:
     async def provider(self, secret: str, services: str, peer_port: int, *extra: str) -> HypergateProcess:
         proc = await self.start(
             "--router", secret, "--provider", services, "--peerPort", str(peer_port), "--peerHost", "127.0.0.1",
-            *extra, name=f"provider:{peer_port}",
+            *(extra if "--fingerprintResolverPort" in extra else ("--fingerprintResolverPort", "0", *extra)),
+            name=f"provider:{peer_port}",
         )
         await proc.wait_for("event=peer_listening")
         return proc

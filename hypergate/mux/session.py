@@ -83,6 +83,11 @@ class MuxSession:
         return len(self._channels)
 
     @property
+    def next_channel_id(self) -> int:
+        """The id the next `open_channel` call will use (fingerprints carry it)."""
+        return self._next_id
+
+    @property
     def usable(self) -> bool:
         return not self.closed and not self.remote_going_away and not self.going_away
 

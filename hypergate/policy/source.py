@@ -42,8 +42,10 @@ class PolicySource:
         *,
         refresh_interval_s: float = limits.POLICY_REFRESH_S,
         fetch: Fetch = fetch_in_thread,
+        on_change: Callable[[IngressPolicy], None] | None = None,
     ) -> None:
         self._values = list(values)
+        self.on_change = on_change
         self._texts: list[str | None] = [None] * len(self._values)
         self._refresh_interval_s = refresh_interval_s
         self._fetch = fetch
@@ -80,6 +82,8 @@ class PolicySource:
         if policy != self._policy:
             self._policy = policy
             self.generation += 1
+            if self.on_change is not None:
+                self.on_change(policy)
 
     async def refresh(self) -> bool:
         """Re-read URL sources once; True when the policy in force is fresh."""

@@ -140,6 +140,13 @@ class Shaper:
             return now
         return now + self._bucket.take(nbytes, now)
 
+    def try_admit(self, nbytes: int) -> bool:
+        """For datagrams: take `nbytes` if the bucket holds them now, else False (the
+        datagram is dropped, as a policer would; the flow itself stays up)."""
+        if self._bucket is None:
+            return True
+        return self._bucket.try_take(nbytes, trio.current_time())
+
     async def wait_for(self, nbytes: int) -> None:
         """Take `nbytes` and sleep until they may be sent (backpressure).
 

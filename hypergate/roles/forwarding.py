@@ -19,6 +19,7 @@ import trio
 
 from .. import limits
 from ..mux.channel import Channel, ChannelReset
+from ..policy.token_bucket import BandwidthExceeded, ChannelShaper, Shaper
 from ..wire.messages import ResetCode
 
 log = logging.getLogger(__name__)
@@ -35,22 +36,38 @@ def abort_socket(stream: trio.SocketStream) -> None:
     stream.socket.close()
 
 
-async def splice_tcp(stream: trio.SocketStream, channel: Channel) -> None:
-    """Forward until both directions ended (or one failed). Closes `stream`."""
+async def splice_tcp(
+    stream: trio.SocketStream, channel: Channel, shaper: ChannelShaper | None = None
+) -> None:
+    """Forward until both directions ended (or one failed). Closes `stream`.
+
+    With a shaper (gateway side, when the ingress policy limits this client), each
+    direction waits for its token bucket before passing data on: the sender is slowed by
+    backpressure, and a channel over its burst budget is reset (BandwidthExceeded)."""
     failed: list[str] = []
+    inbound = shaper.client_to_service if shaper else Shaper.unlimited()
+    outbound = shaper.service_to_client if shaper else Shaper.unlimited()
+    read_size = min(limits.SOCKET_READ_SIZE, inbound.max_chunk)
+
+    def fail(reason: str, code: str = ResetCode.CLOSED, message: str = "the other end's socket failed") -> None:
+        failed.append(reason)
+        channel.reset(code, message)
+        nursery.cancel_scope.cancel()
 
     async def socket_to_channel() -> None:
         try:
             while True:
-                data = await stream.receive_some(limits.SOCKET_READ_SIZE)
+                data = await stream.receive_some(read_size)
                 if not data:
                     await channel.send_eof()
                     return
+                if inbound.limited:
+                    await inbound.wait_for(len(data))
                 await channel.send(data)
         except (trio.BrokenResourceError, OSError) as exc:
-            failed.append(f"socket read failed: {exc}")
-            channel.reset(ResetCode.CLOSED, "the other end's socket failed")
-            nursery.cancel_scope.cancel()
+            fail(f"socket read failed: {exc}")
+        except BandwidthExceeded as exc:
+            fail(str(exc), ResetCode.BANDWIDTH_EXCEEDED, str(exc))
 
     async def channel_to_socket() -> None:
         try:
@@ -59,11 +76,18 @@ async def splice_tcp(stream: trio.SocketStream, channel: Channel) -> None:
                 if not data:
                     await stream.send_eof()
                     return
-                await stream.send_all(data)
+                if not outbound.limited:
+                    await stream.send_all(data)
+                    continue
+                step = outbound.max_chunk
+                for offset in range(0, len(data), step):
+                    piece = data[offset : offset + step]
+                    await outbound.wait_for(len(piece))
+                    await stream.send_all(piece)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            failed.append(f"socket write failed: {exc}")
-            channel.reset(ResetCode.CLOSED, "the other end's socket failed")
-            nursery.cancel_scope.cancel()
+            fail(f"socket write failed: {exc}")
+        except BandwidthExceeded as exc:
+            fail(str(exc), ResetCode.BANDWIDTH_EXCEEDED, str(exc))
 
     reset = False
     try:

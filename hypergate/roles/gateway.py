@@ -11,19 +11,19 @@ from __future__ import annotations
 import collections
 import functools
 import logging
-import secrets
 import socket
-import time
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 import trio
 
 from .. import limits
+from ..http.fingerprint_resolver import make_fingerprint
 from ..mux.channel import Channel, ChannelReset
 from ..peer import PeerConnection
-from ..wire.messages import RETRYABLE_CODES, Message, OpenRequest, ResetCode, RouteEntry, Routes
+from ..policy.token_bucket import ChannelShaper
+from ..wire.messages import RETRYABLE_CODES, Message, OpenRequest, ResetCode, Routes
+from .admission import Admission, GatewayRoute, parse_routes
 from .forwarding import IdleTimer, abort_socket, channel_datagrams, splice_tcp
 from .routes import ExposurePolicy, GateKey, RouteTable
 
@@ -35,21 +35,11 @@ GATE_RETRY_S = 30.0
 UDP_PENDING_DATAGRAMS = 64
 
 
-@attrs.frozen
-class Admission:
-    """What an ingress policy decided for one client of one gate."""
-
-    allowed: bool = True
-    reason: str = ""
-    labels: tuple[str, ...] = ()
-    shaper: Any = None  # per-channel bandwidth shaper, when a limit applies
+# (client ip, gate, the route chosen) -> Admission.
+AdmissionCheck = Callable[[str, GateKey, GatewayRoute], Admission]
 
 
-# (client ip, gate, the route chosen) -> Admission. Replaced when policies are enabled.
-AdmissionCheck = Callable[[str, GateKey, RouteEntry], Admission]
-
-
-def admit_everyone(client_ip: str, key: GateKey, entry: RouteEntry) -> Admission:
+def admit_everyone(client_ip: str, key: GateKey, route: GatewayRoute) -> Admission:
     return Admission()
 
 
@@ -93,8 +83,15 @@ class Gateway:
 
     def on_message(self, peer: PeerConnection, message: Message) -> None:
         if isinstance(message, Routes) and peer.is_provider:
-            self.routes.replace(peer, message.routes, trio.current_time(), limits.ROUTE_EXPIRY_S)
-            log.debug("peer=%s event=routes_received count=%d", peer.name, len(message.routes))
+            routes = parse_routes(message.routes, peer.name)
+            before = self.routes.routes_of(peer)
+            self.routes.replace(peer, routes, trio.current_time(), limits.ROUTE_EXPIRY_S)
+            after = self.routes.routes_of(peer)
+            if after != before:
+                log.info(
+                    "peer=%s event=routes_updated gates=%s",
+                    peer.name, ",".join(str(key) for key in sorted(after)) or "-",
+                )
             self._sync_gates()
 
     async def handle_channel(self, peer: PeerConnection, channel: Channel) -> None:
@@ -148,11 +145,11 @@ class Gateway:
     ) -> tuple[Channel, Admission] | None:
         """Try the gate's providers in round-robin order; None when none can serve."""
         deadline = trio.current_time() + limits.OPEN_TOTAL_TIMEOUT_S
-        for peer, entry in self.routes.rotation(key):
+        for peer, route in self.routes.rotation(key):
             session = peer.session
             if session is None or not session.usable:
                 continue
-            admission = self.admission(client_ip, key, entry)
+            admission = self.admission(client_ip, key, route)
             if not admission.allowed:
                 log.info(
                     "gate=%s client=%s:%d event=client_denied reason=%r",
@@ -162,17 +159,14 @@ class Gateway:
             request = OpenRequest(
                 gatePort=key.port,
                 protocol=key.protocol,
-                fingerprint={
-                    "id": secrets.token_hex(8),
-                    "openedAt": int(time.time() * 1000),
-                    "protocol": key.protocol,
-                    "gatePort": key.port,
-                    "clientIp": client_ip,
-                    "clientPort": client_port,
-                    "gatewayIp": local[0],
-                    "gatewayPort": local[1],
-                    "labels": list(admission.labels),
-                },
+                fingerprint=make_fingerprint(
+                    protocol=key.protocol,
+                    gate_port=key.port,
+                    channel_port=session.next_channel_id,
+                    client=(client_ip, client_port),
+                    gateway=(local[0], local[1]),
+                    labels=admission.labels,
+                ),
             )
             remaining = deadline - trio.current_time()
             if remaining <= 0:
@@ -212,7 +206,7 @@ class Gateway:
             abort_socket(stream)
             return
         channel, admission = opened
-        await splice_tcp(stream, channel)
+        await splice_tcp(stream, channel, ChannelShaper.from_limit(admission.bandwidth))
 
     # --- UDP ------------------------------------------------------------------------
 
@@ -241,11 +235,14 @@ class Gateway:
             opened = await self._open_channel(key, flow.client[0], flow.client[1], sock.getsockname()[:2])
             if opened is None:
                 return
-            channel, _ = opened
-            flow.attach(channel)
+            channel, admission = opened
+            flow.attach(channel, ChannelShaper.from_limit(admission.bandwidth))
 
             async def to_client(datagram: bytes) -> None:
-                await sock.sendto(datagram, flow.client)
+                if flow.shaper.service_to_client.try_admit(len(datagram)):
+                    await sock.sendto(datagram, flow.client)
+                else:
+                    self.datagrams_dropped += 1
 
             try:
                 await channel_datagrams(channel, flow.idle, to_client)
@@ -264,6 +261,7 @@ class _UdpFlow:
         self.client = client
         self.idle = IdleTimer()
         self.channel: Channel | None = None
+        self.shaper = ChannelShaper.from_limit(None)
         self.pending: collections.deque[bytes] = collections.deque()
 
     def push(self, datagram: bytes) -> bool:
@@ -273,13 +271,19 @@ class _UdpFlow:
                 return False
             self.pending.append(datagram)
             return True
+        return self._forward(datagram)
+
+    def _forward(self, datagram: bytes) -> bool:
+        assert self.channel is not None
+        if not self.shaper.client_to_service.try_admit(len(datagram)):
+            return False
         try:
             return self.channel.try_send_datagram(datagram)
-        except (ChannelReset, Exception):
+        except ChannelReset:
             return False
 
-    def attach(self, channel: Channel) -> None:
+    def attach(self, channel: Channel, shaper: ChannelShaper) -> None:
         self.channel = channel
+        self.shaper = shaper
         while self.pending:
-            if not channel.try_send_datagram(self.pending.popleft()):
-                break
+            self._forward(self.pending.popleft())

@@ -158,6 +158,7 @@ class Provider:
             return
         idle = IdleTimer()
         with sock:
+            self._notify(channel, peer, sock.getsockname(), sock.getpeername())
             channel.accept()
 
             async def from_service() -> None:
@@ -184,3 +185,5 @@ class Provider:
                     nursery.cancel_scope.cancel()
             except* ChannelReset:
                 pass
+            finally:
+                self._notify(channel, peer, None, None)

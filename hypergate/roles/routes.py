@@ -8,7 +8,7 @@ link closes or when it has not re-advertised within the expiry. A gate is a
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import attrs
 
@@ -62,6 +62,9 @@ class RouteTable(Generic[Peer]):
                 routes.setdefault(gate_of(entry.service), entry)
         self._routes[peer] = routes
         self._expires_at[peer] = now + ttl
+
+    def routes_of(self, peer: Peer) -> dict[GateKey, Any]:
+        return dict(self._routes.get(peer, {}))
 
     def remove_peer(self, peer: Peer) -> None:
         self._routes.pop(peer, None)

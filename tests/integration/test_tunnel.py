@@ -142,7 +142,7 @@ async def test_round_robin_between_two_providers(cluster, nursery):
     await cluster.provider(secret, services((gate, "127.0.0.1", port_a, "tcp")), peer_a)
     await cluster.provider(secret, services((gate, "127.0.0.1", port_b, "tcp")), peer_b)
     gateway = await cluster.gateway(secret, peer_a, peer_b)
-    await gateway.wait_for("event=peer_connected provider=True", count=2)
+    await gateway.wait_for("event=routes_updated", count=2)
     await gateway.wait_for(gate_open(gate))
     answers = []
     for _ in range(6):
@@ -161,7 +161,7 @@ async def test_unreachable_service_falls_through_to_the_next_provider(cluster, n
     await cluster.provider(secret, services((gate, "127.0.0.1", dead_port, "tcp")), peer_a)
     await cluster.provider(secret, services((gate, "127.0.0.1", port_b, "tcp")), peer_b)
     gateway = await cluster.gateway(secret, peer_a, peer_b)
-    await gateway.wait_for("event=peer_connected provider=True", count=2)
+    await gateway.wait_for("event=routes_updated", count=2)
     await gateway.wait_for(gate_open(gate))
     with trio.fail_after(10):  # no 15 s wait for the broken provider: its refusal comes at once
         for _ in range(4):

@@ -6,6 +6,7 @@ under MockClock so the 1 s x 4 sends take no real time.
 
 from __future__ import annotations
 
+import random
 import socket
 
 import pytest
@@ -18,6 +19,7 @@ from hypergate.dht.messages import (
     Command,
     Handshake,
     HandshakeMode,
+    Holepunch,
     InternalCommand,
     Request,
     Response,
@@ -269,3 +271,57 @@ async def test_adaptive_node_turns_persistent_after_a_stable_period(autojump_clo
             # It now answers with its id, so other nodes add it to their tables.
             await node.ping(first.address)
             assert node.id in first.table
+
+
+def _hostile_datagrams(rng: random.Random, to: Address, count: int) -> list[bytes]:
+    """Well-framed requests with random commands, flags and bodies (so they reach the
+    handlers), plus mutated and truncated copies of them."""
+    modes = list(range(6))
+    out = []
+    for _ in range(count):
+        internal = rng.random() < 0.4
+        command = rng.randrange(6) if internal else rng.randrange(12)
+        body_kind = rng.randrange(4)
+        if body_kind == 0:
+            value = rng.randbytes(rng.randrange(0, 80))
+        elif body_kind == 1:
+            address = Address("127.0.0.1", rng.randrange(1, 65536)) if rng.random() < 0.5 else None
+            value = Handshake(rng.choice(modes), rng.randbytes(rng.randrange(0, 40)), address, address).encode()
+        elif body_kind == 2:
+            value = Holepunch(rng.choice(modes), rng.randrange(300), rng.randbytes(8)).encode()
+        else:
+            value = None
+        request = Request(
+            tid=rng.randrange(65536),
+            to=to,
+            command=command,
+            internal=internal,
+            id=rng.randbytes(32) if rng.random() < 0.2 else None,
+            token=None,
+            target=rng.randbytes(32) if rng.random() < 0.8 else None,
+            value=value,
+        )
+        data = bytearray(request.encode())
+        if rng.random() < 0.3:
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if rng.random() < 0.2:
+            del data[rng.randrange(1, len(data)) :]
+        out.append(bytes(data))
+    return out
+
+
+async def test_hostile_datagrams_never_stop_the_node(autojump_clock):
+    rng = random.Random(1234)
+    async with open_dht_node(persistent()) as node:
+        # Sources spread over 127.0.0.0/8 so the per-source limit does not hide anything.
+        senders = [await RawPeer().bind(f"127.0.{i}.{i + 2}") for i in range(8)]
+        for i, data in enumerate(_hostile_datagrams(rng, node.address, 800)):
+            await senders[i % len(senders)].send(data, node.address)
+            if i % 40 == 39:
+                await trio.testing.wait_all_tasks_blocked()
+        await trio.sleep(30)  # let delayed pings and relays finish
+        other = await RawPeer().bind("127.0.9.9")
+        pong = await other.request(node.address, InternalCommand.PING, internal=True)
+        assert pong.error == 0
+        assert node.stats["requests_in_internal"] + node.stats["requests_in_external"] > 300
+        assert node.stats["dropped_malformed"] > 0

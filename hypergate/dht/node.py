@@ -35,6 +35,7 @@ from hypergate.dht.query import QueryReply
 from hypergate.dht.ratelimit import SourceRateLimiter
 from hypergate.dht.routing_table import K, OLD_NODE_TICKS, RoutingTable, TableNode
 from hypergate.dht.storage import AnnounceStore
+from hypergate.errors import ProtocolError
 from hypergate.limits import (
     DHT_ANNOUNCE_COMMIT_NODES,
     DHT_MAX_DATAGRAM,
@@ -373,6 +374,11 @@ class DHTNode:
     async def _serve(self, incoming: Incoming, token_ok: bool) -> None:
         try:
             await serving.serve(self, incoming, token_ok)
+        except ProtocolError as exc:
+            # A malformed value a server handler could not parse: that request is
+            # dropped, the node goes on. (Other exceptions are bugs and propagate.)
+            self.stats["dropped_by_handler"] += 1
+            log.debug("dht request dropped from=%s error=%s", incoming.source, exc)
         finally:
             self._serving -= 1
 

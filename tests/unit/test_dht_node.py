@@ -325,3 +325,21 @@ async def test_hostile_datagrams_never_stop_the_node(autojump_clock):
         assert pong.error == 0
         assert node.stats["requests_in_internal"] + node.stats["requests_in_external"] > 300
         assert node.stats["dropped_malformed"] > 0
+
+
+async def test_a_server_handler_that_cannot_parse_a_value_does_not_stop_the_node():
+    key_pair = crypto.KeyPair.from_seed(b"\x0d" * 32)
+
+    async def strict_handler(incoming: Incoming) -> None:
+        Handshake.decode(incoming.request.value)  # raises CodecError on junk
+
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with open_dht_node(persistent()) as node:
+            target = node.add_server(key_pair, strict_handler, None)
+            raw = await RawPeer().bind()
+            junk = Request(1, node.address, Command.PEER_HANDSHAKE, target=target, value=b"\xff").encode()
+            await raw.send(junk, node.address)
+            pong = await raw.request(node.address, InternalCommand.PING, internal=True)
+            assert pong.error == 0
+            await trio.testing.wait_all_tasks_blocked()
+            assert node.stats["dropped_by_handler"] == 1

@@ -4,11 +4,15 @@ A port of `nat-sampler` 1.0.1 (what dht-rpc uses), including its quirks, so our 
 our public address settles exactly when a Node node's would: it keeps the last 16
 samples twice (as host:port and as host alone), matches a new sample only against the
 last 4 of its kind, and settles once the best one reaches size minus a small slack.
+FirewallClassifier ports hyperdht's per-socket classification (OPEN/CONSISTENT/RANDOM)
+that hole punching decides its strategy by.
 """
 
 from __future__ import annotations
 
 import attrs
+
+from hypergate.dht.messages import Firewall
 
 # nat-sampler keeps 16 samples, two slots each (host:port and host only).
 _SLOTS = 32
@@ -72,3 +76,85 @@ class NatSampler:
                 sample.hits += 1
                 return sample
         return _Sample(host, port)
+
+
+@attrs.define
+class _Tally:
+    host: str
+    port: int
+    hits: int = 1
+
+
+def _tally(samples: list[_Tally], host: str, port: int) -> None:
+    """Count a sample, keeping the list sorted by hits (most first, ties by age)."""
+    for i, sample in enumerate(samples):
+        if sample.host != host or sample.port != port:
+            continue
+        sample.hits += 1
+        while i > 0 and samples[i - 1].hits < sample.hits:
+            samples[i - 1], samples[i] = sample, samples[i - 1]
+            i -= 1
+        return
+    samples.append(_Tally(host, port))
+
+
+class FirewallClassifier:
+    """Classifies one socket's NAT from PING answers (`hyperdht/lib/nat.js` Nat).
+
+    Feed it, for each answering DHT node, how that node saw the socket. OPEN if the DHT
+    node is not firewalled; otherwise, from 3 samples on: CONSISTENT when one address
+    keeps coming back (hole punching works), RANDOM when the port changes per
+    destination (the NAT randomizes, so only the host is advertised, with port 0).
+    `addresses` is what a hyperdht peer would advertise for this socket.
+    """
+
+    def __init__(self, dht_firewalled: bool) -> None:
+        self.dht_firewalled = dht_firewalled
+        self.firewall = Firewall.UNKNOWN if dht_firewalled else Firewall.OPEN
+        self.sampled = 0
+        self._hosts: list[_Tally] = []
+        self._full: list[_Tally] = []
+        self._seen_from: set[tuple[str, int]] = set()
+
+    @property
+    def addresses(self) -> list[tuple[str, int]] | None:
+        if self.firewall == Firewall.UNKNOWN:
+            return None
+        if self.firewall == Firewall.RANDOM:
+            return [(self._hosts[0].host, 0)]
+        if self.firewall == Firewall.CONSISTENT:
+            out: list[tuple[str, int]] = []
+            for sample in self._full:
+                if sample.hits >= 2 or len(out) < 2:
+                    out.append((sample.host, sample.port))
+            return out
+        return None  # OPEN: the node's own public address is used instead
+
+    def add(self, seen_as: tuple[str, int], answered_by: tuple[str, int]) -> None:
+        """One answer: `seen_as` is the reply's `to`, `answered_by` the DHT node's address."""
+        if answered_by in self._seen_from:
+            return
+        self._seen_from.add(answered_by)
+        _tally(self._hosts, seen_as[0], 0)
+        _tally(self._full, seen_as[0], seen_as[1])
+        self.sampled += 1
+        if self.sampled >= 3 or not self.dht_firewalled:
+            self._update()
+
+    def _update(self) -> None:
+        if not self.dht_firewalled:
+            self.firewall = Firewall.OPEN
+            return
+        if self.sampled < 3:
+            return
+        best = self._full[0].hits
+        if best >= 3:
+            self.firewall = Firewall.CONSISTENT
+        elif best == 1:
+            self.firewall = Firewall.RANDOM
+        elif len(self._hosts) == 1 and self.sampled > 3:
+            self.firewall = Firewall.RANDOM  # one IP, two different ports among 4+ samples
+        elif len(self._hosts) > 1 and self._full[1].hits > 1:
+            self.firewall = Firewall.CONSISTENT  # double hits on two IPs (multi-homed)
+        elif self.sampled > 4:
+            self.firewall = Firewall.RANDOM  # all the samples we expect, no decision

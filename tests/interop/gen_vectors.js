@@ -14,6 +14,7 @@ const peer = require('dht-rpc/lib/peer')
 const IO = require('dht-rpc/lib/io')
 const Table = require('kademlia-routing-table')
 const NatSampler = require('nat-sampler')
+const HyperNat = require('hyperdht/lib/nat')
 
 const hex = (b) => b4a.toString(b, 'hex')
 const buf = (h) => b4a.from(h, 'hex')
@@ -253,6 +254,32 @@ vectors.nat = natSequences.map((samples) => {
     const hits = sampler.add(host, port)
     return { host, port, hits, resultHost: sampler.host, resultPort: sampler.port }
   })
+})
+
+// --- per-socket firewall classification (hyperdht/lib/nat.js) ---------------------------
+// Each case: is the DHT firewalled, then (seenAs, answeredBy) pairs; after each, the class
+// and the addresses a hyperdht peer would advertise.
+const fwCases = [
+  [true, [['1.1.1.1', 100], ['1.1.1.1', 100], ['1.1.1.1', 100]]],
+  [true, [['1.1.1.1', 100], ['1.1.1.1', 101], ['1.1.1.1', 102]]],
+  [true, [['1.1.1.1', 100], ['1.1.1.1', 100], ['1.1.1.1', 101], ['1.1.1.1', 102]]],
+  [true, [['1.1.1.1', 100], ['1.1.1.1', 100], ['2.2.2.2', 200], ['2.2.2.2', 200]]],
+  [true, [['1.1.1.1', 100], ['1.1.1.1', 100], ['2.2.2.2', 200], ['3.3.3.3', 300], ['4.4.4.4', 1]]],
+  [true, [['1.1.1.1', 100], ['1.1.1.1', 100], ['1.1.1.1', 100], ['1.1.1.1', 7], ['1.1.1.1', 8]]],
+  [false, [['1.1.1.1', 100], ['1.1.1.1', 101]]]
+]
+vectors.firewall = fwCases.map(([firewalled, samples]) => {
+  const nat = new HyperNat({ firewalled, nodes: { latest: null, length: 0 } }, null, null)
+  const steps = samples.map(([host, port], i) => {
+    const from = { host: '10.0.0.' + (i + 1), port: 49737 }
+    nat.add({ host, port }, from)
+    return { seenAs: [host, port], answeredBy: [from.host, from.port], firewall: nat.firewall, addresses: nat.addresses && nat.addresses.map((a) => [a.host, a.port]) }
+  })
+  // A repeated answer from the same node is ignored.
+  const last = samples[samples.length - 1]
+  nat.add({ host: last[0], port: last[1] }, { host: '10.0.0.1', port: 49737 })
+  steps.push({ seenAs: last, answeredBy: ['10.0.0.1', 49737], firewall: nat.firewall, addresses: nat.addresses && nat.addresses.map((a) => [a.host, a.port]) })
+  return { firewalled, steps }
 })
 
 process.stdout.write(JSON.stringify(vectors, null, 1) + '\n')

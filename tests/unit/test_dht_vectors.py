@@ -12,7 +12,7 @@ import pytest
 
 from hypergate.dht import crypto
 from hypergate.dht.encoding import Address, Decoder, Encoder
-from hypergate.dht.nat import NatSampler
+from hypergate.dht.nat import FirewallClassifier, NatSampler
 from hypergate.dht.messages import (
     Announce,
     Handshake,
@@ -316,3 +316,14 @@ def test_nat_sampler_settles_exactly_like_nat_sampler(vectors):
         for step in sequence:
             assert sampler.add(step["host"], step["port"]) == step["hits"], step
             assert (sampler.host, sampler.port) == (step["resultHost"], step["resultPort"]), step
+
+
+def test_firewall_classification_matches_hyperdht_nat(vectors):
+    assert len(vectors["firewall"]) >= 6
+    for case in vectors["firewall"]:
+        classifier = FirewallClassifier(case["firewalled"])
+        for step in case["steps"]:
+            classifier.add(tuple(step["seenAs"]), tuple(step["answeredBy"]))
+            assert classifier.firewall == step["firewall"], (case, step)
+            expected = None if step["addresses"] is None else [tuple(a) for a in step["addresses"]]
+            assert classifier.addresses == expected, (case, step)

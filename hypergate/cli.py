@@ -212,6 +212,18 @@ async def demo(port: int) -> None:
     await run_demo(port)
 
 
+def _first_user_error(exc: BaseException) -> HypergateError | None:
+    """A HypergateError, also from inside the exception groups nurseries raise."""
+    if isinstance(exc, HypergateError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_user_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
 def main() -> None:
     try:
         main_group(_anyio_backend="trio", standalone_mode=False)
@@ -220,8 +232,11 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except HypergateError as exc:
-        print(f"hypergate: error: {exc}", file=sys.stderr)
-        sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BaseException as exc:
+        user_error = _first_user_error(exc)
+        if user_error is None:
+            raise
+        print(f"hypergate: error: {user_error}", file=sys.stderr)
+        sys.exit(2)

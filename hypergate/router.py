@@ -20,6 +20,7 @@ import trio
 
 from . import limits
 from .crypto.keys import LinkIdentity, RouterKeys
+from .errors import ConfigError
 from .peer import PeerConnection, RoleHooks, run_peer
 from .wire.messages import PROTOCOL_VERSION, Hello
 
@@ -131,11 +132,9 @@ class Router:
         try:
             listeners = await trio.open_tcp_listeners(self.peer_port, host=self.peer_host)
         except OSError as exc:
-            log.error(
-                "event=peer_listen_failed host=%s port=%s error=%r",
-                self.peer_host, self.peer_port, exc.strerror or str(exc),
-            )
-            raise
+            raise ConfigError(
+                f"--peerPort {self.peer_port}: cannot listen on {self.peer_host}: {exc.strerror or exc}"
+            ) from None
         self.listening_port = listeners[0].socket.getsockname()[1]
         log.info("event=peer_listening host=%s port=%d", self.peer_host, self.listening_port)
         task_status.started(self.listening_port)

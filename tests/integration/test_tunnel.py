@@ -332,3 +332,19 @@ async def test_secret_never_appears_in_verbose_logs(cluster, nursery):
     logs = "\n".join(provider.lines + gateway.lines)
     assert "DEBUG" in logs  # verbose really was on
     assert secret not in logs and psk not in logs
+
+
+def test_busy_peer_port_is_one_clear_error():
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        result = run_cli(
+            "--router", "ab" * 32, "--gateway", "--peerPort", str(port), "--peerHost", "127.0.0.1"
+        )
+    finally:
+        busy.close()
+    assert result.returncode == 2
+    assert f"hypergate: error: --peerPort {port}: cannot listen on 127.0.0.1: Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr

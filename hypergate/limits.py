@@ -188,3 +188,5 @@ DHT_UNANNOUNCE_ON_STOP_TIMEOUT_S = 5.0
 DHT_FIREWALL_PROBES = 5
 # (Node) an adaptive node turns persistent after 240 ticks (~20 min) without trouble.
 DHT_STABLE_TICKS = 240
+# (Node) DOWN_HINTs a node sends per 5 s tick, whatever its queries run into.
+DHT_DOWN_HINTS_PER_TICK = 50

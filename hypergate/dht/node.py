@@ -117,6 +117,7 @@ class DHTNode:
         self.tick = 0
         self.checks = 0
         self.delayed_pings = 0
+        self.down_hints_sent = 0  # this tick; operations.py keeps it under its limit
         self.servers: dict[bytes, tuple[PeerHandler | None, PeerHandler | None]] = {}
         self._address: Address | None = None
         self._server_socket: trio.socket.SocketType | None = None
@@ -482,6 +483,7 @@ class DHTNode:
         while True:
             await trio.sleep(DHT_TICK_S)
             self.tick += 1
+            self.down_hints_sent = 0
             now = trio.current_time()
             self.store.expire(now)
             self.tokens.advance(now)

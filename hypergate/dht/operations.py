@@ -21,7 +21,7 @@ from hypergate.dht.nat import NatSampler
 from hypergate.dht.query import Candidate, DownHint, IterativeQuery, QueryReply
 from hypergate.dht.routing_table import K
 from hypergate.errors import HypergateError
-from hypergate.limits import DHT_DOWN_HINT_CHECKS, DHT_FIREWALL_PROBES, DHT_QUERY_TIMEOUT_S, DHT_REFRESH_TICKS
+from hypergate.limits import DHT_DOWN_HINTS_PER_TICK, DHT_FIREWALL_PROBES, DHT_QUERY_TIMEOUT_S, DHT_REFRESH_TICKS
 
 if TYPE_CHECKING:
     from hypergate.dht.node import DHTNode
@@ -114,7 +114,11 @@ async def run_query(
 
 
 def _send_down_hints(node: DHTNode, hints: list[DownHint]) -> None:
-    for hint in hints[:DHT_DOWN_HINT_CHECKS]:
+    for hint in hints:
+        if node.down_hints_sent >= DHT_DOWN_HINTS_PER_TICK:
+            node.stats["down_hints_suppressed"] += 1
+            continue
+        node.down_hints_sent += 1
 
         async def send(h: DownHint = hint) -> None:
             try:

@@ -127,7 +127,7 @@ class DHTNode:
         self._limiter = SourceRateLimiter()
         self._id_less_samples: list[Address] = []
         self._stable_ticks = DHT_STABLE_TICKS
-        self._refresh_ticks = DHT_REFRESH_TICKS
+        self.refresh_ticks = DHT_REFRESH_TICKS
         self._nursery: trio.Nursery | None = None
         self._repinging = 0
         self._serving = 0
@@ -498,8 +498,8 @@ class DHTNode:
                 for node in self.table.least_recently_seen(count):
                     if node.pinged != self.tick:
                         self._nursery.start_soon(self.check, node)
-            self._refresh_ticks -= 1
-            if self._refresh_ticks <= 0 or (self.tick % 64 == 0 and len(self.table) < K):
+            self.refresh_ticks -= 1
+            if self.refresh_ticks <= 0 or (self.tick % 64 == 0 and len(self.table) < K):
                 self._nursery.start_soon(self.refresh)
 
     # --- servers on this node (used by the connection layer) ---------------------------

@@ -70,7 +70,7 @@ async def run_query(
 
     `on_reply` sees every successful reply as it arrives, closest or not.
     """
-    node._refresh_ticks = DHT_REFRESH_TICKS
+    node.refresh_ticks = DHT_REFRESH_TICKS  # any query counts as a refresh
     concurrency = BACKGROUND_CONCURRENCY if background else node.config.concurrency
     query = IterativeQuery(target, node.id or node.table.id, _start_set(node, target), concurrency=concurrency)
     send_results, receive_results = trio.open_memory_channel(float("inf"))

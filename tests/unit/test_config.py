@@ -65,3 +65,14 @@ def test_filters_accept_partial_entries():
     filters = load_filters('[{"gatePort": 80}, {"serviceHost": "db", "protocol": "tcp"}]')
     assert filters == [ServiceFilter(gatePort=80), ServiceFilter(serviceHost="db", protocol="tcp")]
     assert filters[1].matches(Service(3306, "db", 3306)) and not filters[1].matches(Service(3306, "db", 3306, "udp"))
+
+
+def test_example_service_files_in_the_repository_are_valid():
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2] / "services"
+    assert load_services(str(root / "http.json")) == [Service(8080, "127.0.0.1", 80, "tcp")]
+    mixed = load_services(str(root / "mixed.json"))
+    assert {s.protocol for s in mixed} == {"tcp", "udp"} and len(mixed) == 3
+    filters = load_filters(str(root / "gateway-filter.json"))
+    assert sum(any(f.matches(s) for f in filters) for s in mixed) == 2

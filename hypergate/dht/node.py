@@ -26,6 +26,7 @@ import attrs
 import trio
 
 from hypergate.dht import crypto, operations, serving
+from hypergate.dht.serving import Incoming, PeerHandler, PeerMessage, PeerReply
 from hypergate.dht.bootstrap import BootstrapNode, as_bootstrap_node, resolve_bootstrap
 from hypergate.dht.encoding import Address, CodecError
 from hypergate.dht.messages import Command, InternalCommand, Request, Response, decode_datagram
@@ -75,21 +76,6 @@ class NodeConfig:
     firewalled: bool = True
     public_address: Address | None = None
     concurrency: int = 10
-
-
-@attrs.frozen
-class Incoming:
-    """A request as it reached us: answer it with `DHTNode.reply` / `DHTNode.relay`."""
-
-    request: Request
-    source: Address
-    socket: trio.socket.SocketType = attrs.field(eq=False, repr=False)
-
-
-# A server on this node gets each PEER_HANDSHAKE / PEER_HOLEPUNCH for its key. It answers
-# FROM_CLIENT with `reply` (a direct REPLY) and FROM_RELAY with `relay` (a FROM_SERVER
-# request, same tid, back to the relay that sent it).
-PeerHandler = Callable[[Incoming], Awaitable[None]]
 
 
 @attrs.define
@@ -261,11 +247,16 @@ class DHTNode:
         retries: int = DHT_REQUEST_RETRIES,
         timeout_s: float = DHT_REQUEST_TIMEOUT_S,
         on_retry: Callable[[], None] | None = None,
+        sock: trio.socket.SocketType | None = None,
     ) -> tuple[Response, Address]:
-        """Send one request, resending on silence; returns (response, its source)."""
+        """Send one request, resending on silence; returns (response, its source).
+
+        `sock` sends from another socket (e.g. a hole-punch socket), whose reader must
+        pass DHT datagrams to `handle_datagram` so the answer is matched.
+        """
         pending = await self.transact(
             to, command, internal=internal, target=target, value=value, token=token, retries=retries,
-            timeout_s=timeout_s, on_retry=on_retry,
+            timeout_s=timeout_s, on_retry=on_retry, sock=sock,
         )
         return pending.response, pending.source
 
@@ -281,11 +272,12 @@ class DHTNode:
         retries: int = DHT_REQUEST_RETRIES,
         timeout_s: float = DHT_REQUEST_TIMEOUT_S,
         on_retry: Callable[[], None] | None = None,
+        sock: trio.socket.SocketType | None = None,
     ) -> _Pending:
         """`request`, also telling which socket the answer arrived on."""
         if len(self._pending) >= DHT_MAX_INFLIGHT_REQUESTS:
             raise DHTError("too many requests in flight")
-        sock = self.request_socket
+        sock = sock or self.request_socket
         node_id = self.id if sock is self._server_socket else None
         tid = self._next_tid()
         data = Request(tid, to, command, internal, node_id, token, target, value).encode()
@@ -320,26 +312,30 @@ class DHTNode:
                 self.stats["receive_errors"] += 1
                 log.debug("dht receive error=%s", exc)
                 continue
-            self.stats["datagrams_in"] += 1
-            if len(data) > DHT_MAX_DATAGRAM:
-                self.stats["dropped_oversized"] += 1
-                continue
-            if len(data) < 2 or port == 0:
-                self.stats["dropped_malformed"] += 1
-                continue
-            source = Address(host, port)
-            if not self._limiter.allow(host, trio.current_time()):
-                self.stats["dropped_rate_limited"] += 1
-                continue
-            try:
-                message = decode_datagram(data)
-            except CodecError:
-                self.stats["dropped_malformed"] += 1
-                continue
-            if isinstance(message, Response):
-                self._on_response(message, source, sock)
-            else:
-                self._on_request(Incoming(message, source, sock))
+            self.handle_datagram(data, Address(host, port), sock)
+
+    def handle_datagram(self, data: bytes, source: Address, sock: trio.socket.SocketType) -> None:
+        """Process one datagram that arrived on `sock` (ours, or a hole-punch socket
+        sharing DHT traffic as hyperdht's socket pool does). Never raises."""
+        self.stats["datagrams_in"] += 1
+        if len(data) > DHT_MAX_DATAGRAM:
+            self.stats["dropped_oversized"] += 1
+            return
+        if len(data) < 2 or source.port == 0:
+            self.stats["dropped_malformed"] += 1
+            return
+        if not self._limiter.allow(source.host, trio.current_time()):
+            self.stats["dropped_rate_limited"] += 1
+            return
+        try:
+            message = decode_datagram(data)
+        except CodecError:
+            self.stats["dropped_malformed"] += 1
+            return
+        if isinstance(message, Response):
+            self._on_response(message, source, sock)
+        else:
+            self._on_request(Incoming(message, source, sock))
 
     def valid_id(self, claimed: bytes | None, source: Address) -> bytes | None:
         if claimed is None:
@@ -392,9 +388,11 @@ class DHTNode:
         token: bool = False,
         closer_nodes: bool = False,
         to: Address | None = None,
+        sock: trio.socket.SocketType | None = None,
     ) -> None:
-        """Answer a request from the socket it arrived on, to its source unless `to`."""
+        """Answer a request from the socket it arrived on (or `sock`), to its source unless `to`."""
         to = to or incoming.source
+        sock = sock or incoming.socket
         request = incoming.request
         closer = ()
         if closer_nodes and request.target is not None:
@@ -402,20 +400,23 @@ class DHTNode:
         response = Response(
             tid=request.tid,
             to=to,
-            id=self.id if self.is_server_socket(incoming.socket) else None,
+            id=self.id if self.is_server_socket(sock) else None,
             token=self.tokens.token(to.host) if token else None,
             closer_nodes=closer,
             error=error,
             value=value,
         )
-        await self.send(response.encode(), to, incoming.socket)
+        await self.send(response.encode(), to, sock)
 
-    async def relay(self, incoming: Incoming, to: Address, value: bytes) -> None:
+    async def relay(
+        self, incoming: Incoming, to: Address, value: bytes, sock: trio.socket.SocketType | None = None
+    ) -> None:
         """Pass a request on to `to` with a new value: same tid, command and target, no token."""
         request = incoming.request
-        node_id = self.id if self.is_server_socket(incoming.socket) else None
+        sock = sock or incoming.socket
+        node_id = self.id if self.is_server_socket(sock) else None
         relayed = Request(request.tid, to, request.command, request.internal, node_id, None, request.target, value)
-        await self.send(relayed.encode(), to, incoming.socket)
+        await self.send(relayed.encode(), to, sock)
 
     # --- routing table upkeep --------------------------------------------------------
 
@@ -551,6 +552,21 @@ class DHTNode:
     async def unannounce(self, topic: bytes, key_pair: crypto.KeyPair, *, commit_nodes: int = K) -> list[QueryReply]:
         return await operations.commit_announce(self, topic, key_pair, [], Command.UNANNOUNCE, commit_nodes)
 
+    async def peer_handshake(
+        self, public_key: bytes, noise: bytes, relay: Address, **options
+    ) -> operations.HandshakeReply:
+        """One handshake round trip to the server with `public_key` through `relay`
+        (a node from `find_peer`). Options: peer_address, relay_address, sock."""
+        return await operations.peer_handshake(self, crypto.hash32(public_key), noise, relay, **options)
+
+    async def peer_holepunch(
+        self, public_key: bytes, holepunch_id: int, payload: bytes, relay: Address, **options
+    ) -> operations.HolepunchReply:
+        """One hole-punch round trip through `relay`. Options: peer_address, sock."""
+        return await operations.peer_holepunch(
+            self, crypto.hash32(public_key), holepunch_id, payload, relay, **options
+        )
+
     async def refresh(self) -> None:
         node = self.table.random_node(self._rng)
         try:
@@ -573,4 +589,15 @@ async def open_dht_node(config: NodeConfig) -> AsyncIterator[DHTNode]:
             nursery.cancel_scope.cancel()
 
 
-__all__ = ["DHTError", "DHTNode", "Incoming", "LookupResult", "NodeConfig", "RequestTimeout", "open_dht_node"]
+__all__ = [
+    "DHTError",
+    "DHTNode",
+    "Incoming",
+    "LookupResult",
+    "NodeConfig",
+    "PeerHandler",
+    "PeerMessage",
+    "PeerReply",
+    "RequestTimeout",
+    "open_dht_node",
+]

@@ -16,7 +16,16 @@ import trio
 
 from hypergate.dht import crypto
 from hypergate.dht.encoding import Address, CodecError, encode_ipv4_address
-from hypergate.dht.messages import Announce, Command, InternalCommand, LookupReply, PeerRecord
+from hypergate.dht.messages import (
+    Announce,
+    Command,
+    Handshake,
+    HandshakeMode,
+    Holepunch,
+    InternalCommand,
+    LookupReply,
+    PeerRecord,
+)
 from hypergate.dht.nat import NatSampler
 from hypergate.dht.query import Candidate, DownHint, IterativeQuery, QueryReply
 from hypergate.dht.routing_table import K
@@ -248,3 +257,69 @@ async def check_reachable(node: DHTNode) -> NatSampler | None:
     if sampler.host is None or sampler.host != node.nat.host or sampler.port != port:
         return None
     return sampler
+
+
+@attrs.frozen
+class HandshakeReply:
+    """The server's answer to PEER_HANDSHAKE (hyperdht router.js peerHandshake)."""
+
+    noise: bytes
+    relayed: bool  # the server answered through the relay (not directly)
+    server_address: Address  # the server's address as the relay saw it, else the relay itself
+    client_address: Address  # our address as the relay saw it
+
+
+@attrs.frozen
+class HolepunchReply:
+    payload: bytes
+    peer_address: Address  # the server's punch address as the relay saw it
+    relay: Address
+    client_address: Address
+
+
+async def peer_handshake(
+    node: DHTNode,
+    target: bytes,
+    noise: bytes,
+    relay: Address,
+    *,
+    peer_address: Address | None = None,
+    relay_address: Address | None = None,
+    sock=None,
+) -> HandshakeReply:
+    """Send one handshake message to the server announced under `target` via `relay`.
+
+    Checks what hyperdht's client checks: the answer comes from exactly `relay`, in mode
+    REPLY, with a noise message. Raises DHTError otherwise (or on timeout).
+    """
+    value = Handshake(HandshakeMode.FROM_CLIENT, noise, peer_address, relay_address).encode()
+    response, source = await node.request(relay, Command.PEER_HANDSHAKE, target=target, value=value, sock=sock)
+    try:
+        hs = Handshake.decode(response.value or b"")
+    except CodecError as exc:
+        raise DHTError(f"bad handshake reply from {source}: {exc}") from exc
+    if source != relay or hs.mode != HandshakeMode.REPLY or response.value is None:
+        raise DHTError(f"bad handshake reply from {source}: mode={hs.mode}")
+    return HandshakeReply(hs.noise, hs.peer_address is not None, hs.peer_address or relay, response.to)
+
+
+async def peer_holepunch(
+    node: DHTNode,
+    target: bytes,
+    holepunch_id: int,
+    payload: bytes,
+    relay: Address,
+    *,
+    peer_address: Address | None = None,
+    sock=None,
+) -> HolepunchReply:
+    """Send one hole-punch message to the server via `relay` (hyperdht peerHolepunch)."""
+    value = Holepunch(HandshakeMode.FROM_CLIENT, holepunch_id, payload, peer_address).encode()
+    response, source = await node.request(relay, Command.PEER_HOLEPUNCH, target=target, value=value, sock=sock)
+    try:
+        hp = Holepunch.decode(response.value or b"")
+    except CodecError as exc:
+        raise DHTError(f"bad holepunch reply from {source}: {exc}") from exc
+    if source != relay or hp.mode != HandshakeMode.REPLY:
+        raise DHTError(f"bad holepunch reply from {source}: mode={hp.mode}")
+    return HolepunchReply(hp.payload, hp.peer_address or relay, relay, response.to)

@@ -8,20 +8,57 @@ Mirrors `dht-rpc/index.js` _onrequest and hyperdht's `index.js` onrequest /
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+import attrs
 import trio
 
 from hypergate.dht import crypto
 from hypergate.dht.encoding import Address
-from hypergate.dht.messages import Command, InternalCommand, RpcError
+from hypergate.dht.messages import Command, Handshake, HandshakeMode, Holepunch, InternalCommand, Request, RpcError
 from hypergate.dht.relay import Drop, Forward, Respond, relay_handshake, relay_holepunch
 from hypergate.limits import DHT_DOWN_HINT_CHECKS, DHT_MAX_DELAYED_PINGS, DHT_MAX_PING_DELAY_S
 
 if TYPE_CHECKING:
-    from hypergate.dht.node import DHTNode, Incoming
+    from hypergate.dht.node import DHTNode
 
 log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class Incoming:
+    """A request as it reached us: answer it with `DHTNode.reply` / `DHTNode.relay`."""
+
+    request: Request
+    source: Address
+    socket: trio.socket.SocketType = attrs.field(eq=False, repr=False)
+
+
+@attrs.frozen
+class PeerMessage:
+    """A handshake or hole-punch message for a server on this node, as hyperdht's
+    router hands it over: the opaque bytes, the client's address as the relay saw it
+    (None when the client came directly), and the request it arrived in."""
+
+    payload: bytes
+    peer_address: Address | None
+    incoming: Incoming
+    holepunch_id: int = 0
+
+
+@attrs.frozen
+class PeerReply:
+    """What the server answers; sent from `socket` if given (e.g. its hole-punch socket,
+    so the client learns that socket's public address), else where the request arrived."""
+
+    payload: bytes
+    socket: trio.socket.SocketType | None = attrs.field(default=None, eq=False, repr=False)
+
+
+# A server's handler: return the reply (noise message or hole-punch payload), or None to
+# stay silent. The reply is routed back by mode below, as hyperdht's router does.
+PeerHandler = Callable[[PeerMessage], Awaitable[PeerReply | None]]
 
 _STORAGE_COMMANDS = (Command.FIND_PEER, Command.LOOKUP, Command.ANNOUNCE, Command.UNANNOUNCE)
 
@@ -118,13 +155,18 @@ async def _serve_peer_message(node: DHTNode, incoming: Incoming, now: float) -> 
     if request.target is None:
         return
     name = Command(request.command).name.lower()
-    handlers = node.servers.get(request.target)
-    if handlers is not None:
-        handler = handlers[0] if request.command == Command.PEER_HANDSHAKE else handlers[1]
-        if handler is not None:
-            node.stats[f"served_{name}"] += 1
-            await handler(incoming)
+    on_handshake, on_holepunch = node.servers.get(request.target, (None, None))
+    if request.command == Command.PEER_HANDSHAKE and on_handshake is not None:
+        node.stats[f"served_{name}"] += 1
+        await _answer_handshake(node, incoming, on_handshake)
         return
+    if request.command == Command.PEER_HOLEPUNCH and on_holepunch is not None:
+        hp = Holepunch.decode(request.value or b"")  # CodecError: dropped and counted by the node
+        if hp.mode == HandshakeMode.FROM_RELAY:
+            node.stats[f"served_{name}"] += 1
+            await _answer_holepunch(node, incoming, hp, on_holepunch)
+            return
+        # Other modes are relayed even by the server's own node, as in hyperdht.
     entry = node.store.router_entry(request.target, now)
     server_relay = entry.relay if entry is not None else None
     decide = relay_handshake if request.command == Command.PEER_HANDSHAKE else relay_holepunch
@@ -139,3 +181,34 @@ async def _serve_peer_message(node: DHTNode, incoming: Incoming, now: float) -> 
         if action.to is not None:
             node.stats[f"replied_for_{name}"] += 1
         await node.reply(incoming, value=action.value, closer_nodes=action.closer_nodes, to=action.to)
+
+
+async def _answer_handshake(node: DHTNode, incoming: Incoming, handler: PeerHandler) -> None:
+    """A handshake for a server on this node (hyperdht router.js, the isServer branch)."""
+    hs = Handshake.decode(incoming.request.value or b"")
+    if hs.mode not in (HandshakeMode.FROM_CLIENT, HandshakeMode.FROM_RELAY, HandshakeMode.FROM_SECOND_RELAY):
+        return
+    if hs.mode == HandshakeMode.FROM_SECOND_RELAY and hs.relay_address is None:
+        return
+    answer = await handler(PeerMessage(hs.noise, hs.peer_address, incoming))
+    if answer is None:
+        return
+    if hs.mode == HandshakeMode.FROM_CLIENT:
+        # The client reached us directly: a plain response.
+        value = Handshake(HandshakeMode.REPLY, answer.payload).encode()
+        await node.reply(incoming, value=value, sock=answer.socket)
+        return
+    # Relayed: a FROM_SERVER request back through the relay, which answers the client.
+    to = incoming.source if hs.mode == HandshakeMode.FROM_RELAY else hs.relay_address
+    value = Handshake(HandshakeMode.FROM_SERVER, answer.payload, peer_address=hs.peer_address).encode()
+    await node.relay(incoming, to, value, sock=answer.socket)
+
+
+async def _answer_holepunch(node: DHTNode, incoming: Incoming, hp: Holepunch, handler: PeerHandler) -> None:
+    if hp.peer_address is None:
+        return
+    answer = await handler(PeerMessage(hp.payload, hp.peer_address, incoming, holepunch_id=hp.id))
+    if answer is None:
+        return
+    value = Holepunch(HandshakeMode.FROM_SERVER, 0, answer.payload, peer_address=hp.peer_address).encode()
+    await node.relay(incoming, incoming.source, value, sock=answer.socket)

@@ -17,8 +17,7 @@ import trio
 
 from hypergate.dht import crypto
 from hypergate.dht.encoding import Address
-from hypergate.dht.messages import Command, Handshake, HandshakeMode, Holepunch
-from hypergate.dht.node import Incoming, NodeConfig, open_dht_node
+from hypergate.dht.node import NodeConfig, PeerMessage, PeerReply, open_dht_node
 from tests.interop.node_support import INTEROP_DIR, require_node
 
 pytestmark = pytest.mark.interop
@@ -142,23 +141,19 @@ async def test_python_server_reached_through_node_relays(testnet):
     """The path the connection layer will use: announce our key, get relayed messages."""
     key_pair = crypto.KeyPair.from_seed(b"\x0b" * 32)
     target = crypto.hash32(key_pair.public_key)
-    received: list[tuple[int, Address, bytes]] = []
+    received: list[tuple[str, Address, bytes]] = []
     config = NodeConfig(bootstrap=testnet.bootstrap, host="127.0.0.1")
     async with open_dht_node(config) as server, open_dht_node(config) as client:
 
-        async def answer(incoming: Incoming) -> None:
-            request = incoming.request
-            if request.command == Command.PEER_HANDSHAKE:
-                hs = Handshake.decode(request.value)
-                received.append((hs.mode, hs.peer_address, hs.noise))
-                back = Handshake(HandshakeMode.FROM_SERVER, b"msg2 for " + hs.noise, peer_address=hs.peer_address)
-            else:
-                hp = Holepunch.decode(request.value)
-                received.append((hp.mode, hp.peer_address, hp.payload))
-                back = Holepunch(HandshakeMode.FROM_SERVER, 0, b"punch back", peer_address=hp.peer_address)
-            await server.relay(incoming, incoming.source, back.encode())
+        async def on_handshake(message: PeerMessage) -> PeerReply:
+            received.append(("handshake", message.peer_address, message.payload))
+            return PeerReply(b"msg2 for " + message.payload)
 
-        server.add_server(key_pair, answer, answer)
+        async def on_holepunch(message: PeerMessage) -> PeerReply:
+            received.append(("holepunch", message.peer_address, message.payload))
+            return PeerReply(b"punch back")
+
+        server.add_server(key_pair, on_handshake, on_holepunch)
         relays = await server.announce(target, key_pair, commit_nodes=3)
         assert len(relays) == 3
         found = await client.find_peer(key_pair.public_key)
@@ -166,23 +161,14 @@ async def test_python_server_reached_through_node_relays(testnet):
         assert all(r.peers[0].public_key == key_pair.public_key for r in found)
         relay = found[0].node
 
-        response, source = await client.request(
-            relay, Command.PEER_HANDSHAKE, target=target, value=Handshake(HandshakeMode.FROM_CLIENT, b"msg1").encode()
-        )
-        assert source == relay
-        reply = Handshake.decode(response.value)
-        assert (reply.mode, reply.noise, reply.peer_address) == (HandshakeMode.REPLY, b"msg2 for msg1", server.address)
+        reply = await client.peer_handshake(key_pair.public_key, b"msg1", relay)
+        assert (reply.noise, reply.relayed, reply.server_address) == (b"msg2 for msg1", True, server.address)
+        assert reply.client_address == client.address
 
-        response, _ = await client.request(
-            relay, Command.PEER_HOLEPUNCH, target=target, value=Holepunch(HandshakeMode.FROM_CLIENT, 7, b"probe").encode()
-        )
-        punch = Holepunch.decode(response.value)
-        assert (punch.mode, punch.payload, punch.peer_address) == (HandshakeMode.REPLY, b"punch back", server.address)
+        punch = await client.peer_holepunch(key_pair.public_key, 7, b"probe", relay)
+        assert (punch.payload, punch.peer_address, punch.relay) == (b"punch back", server.address, relay)
 
-    assert received == [
-        (HandshakeMode.FROM_RELAY, client.address, b"msg1"),
-        (HandshakeMode.FROM_RELAY, client.address, b"probe"),
-    ]
+    assert received == [("handshake", client.address, b"msg1"), ("holepunch", client.address, b"probe")]
 
 
 async def test_node_peers_connect_through_our_node_as_their_only_dht():

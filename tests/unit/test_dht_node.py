@@ -25,7 +25,7 @@ from hypergate.dht.messages import (
     Response,
     RpcError,
 )
-from hypergate.dht.node import Incoming, NodeConfig, RequestTimeout, open_dht_node
+from hypergate.dht.node import DHTError, NodeConfig, PeerMessage, PeerReply, RequestTimeout, open_dht_node
 from hypergate.limits import DHT_MAX_DATAGRAM, DHT_RATE_BURST, DHT_REQUEST_RETRIES, DHT_STABLE_TICKS, DHT_TICK_S
 
 LOOPBACK = "127.0.0.1"
@@ -193,16 +193,14 @@ async def test_request_to_a_silent_peer_retries_then_times_out(autojump_clock):
 async def test_handshake_is_relayed_through_a_node_to_an_announced_server():
     key_pair = crypto.KeyPair.from_seed(b"\x06" * 32)
     target = crypto.hash32(key_pair.public_key)
-    seen_by_server: list[tuple[Handshake, Address]] = []
+    seen_by_server: list[tuple[bytes, Address, Address]] = []
     with trio.fail_after(TEST_TIMEOUT_S):
         async with open_dht_node(persistent()) as relay_node:
             async with open_dht_node(ephemeral(relay_node.address)) as server:
 
-                async def on_handshake(incoming: Incoming) -> None:
-                    hs = Handshake.decode(incoming.request.value)
-                    seen_by_server.append((hs, incoming.source))
-                    answer = Handshake(HandshakeMode.FROM_SERVER, b"msg2:" + hs.noise, peer_address=hs.peer_address)
-                    await server.relay(incoming, incoming.source, answer.encode())
+                async def on_handshake(message: PeerMessage) -> PeerReply:
+                    seen_by_server.append((message.payload, message.peer_address, message.incoming.source))
+                    return PeerReply(b"msg2:" + message.payload)
 
                 server.add_server(key_pair, on_handshake, None)
                 accepted = await server.announce(target, key_pair, commit_nodes=3)
@@ -220,9 +218,7 @@ async def test_handshake_is_relayed_through_a_node_to_an_announced_server():
     reply = Handshake.decode(response.value)
     assert reply.mode == HandshakeMode.REPLY and reply.noise == b"msg2:msg1"
     assert reply.peer_address == server.address
-    [(relayed, relayed_from)] = seen_by_server
-    assert relayed.mode == HandshakeMode.FROM_RELAY and relayed_from == relay_node.address
-    assert relayed.peer_address == client.address
+    assert seen_by_server == [(b"msg1", client.address, relay_node.address)]
 
 
 
@@ -330,16 +326,47 @@ async def test_hostile_datagrams_never_stop_the_node(autojump_clock):
 async def test_a_server_handler_that_cannot_parse_a_value_does_not_stop_the_node():
     key_pair = crypto.KeyPair.from_seed(b"\x0d" * 32)
 
-    async def strict_handler(incoming: Incoming) -> None:
-        Handshake.decode(incoming.request.value)  # raises CodecError on junk
+    async def strict_handler(message: PeerMessage) -> PeerReply | None:
+        Handshake.decode(message.payload)  # raises CodecError on junk
+        return None
 
     with trio.fail_after(TEST_TIMEOUT_S):
         async with open_dht_node(persistent()) as node:
             target = node.add_server(key_pair, strict_handler, None)
             raw = await RawPeer().bind()
-            junk = Request(1, node.address, Command.PEER_HANDSHAKE, target=target, value=b"\xff").encode()
+            junk_noise = Handshake(HandshakeMode.FROM_CLIENT, b"\xff").encode()
+            junk = Request(1, node.address, Command.PEER_HANDSHAKE, target=target, value=junk_noise).encode()
             await raw.send(junk, node.address)
             pong = await raw.request(node.address, InternalCommand.PING, internal=True)
             assert pong.error == 0
             await trio.testing.wait_all_tasks_blocked()
             assert node.stats["dropped_by_handler"] == 1
+
+
+async def test_client_handshake_direct_to_the_server_node_and_bad_replies_rejected():
+    key_pair = crypto.KeyPair.from_seed(b"\x0e" * 32)
+
+    async def echo(message: PeerMessage) -> PeerReply:
+        return PeerReply(b"re:" + message.payload)
+
+    with trio.fail_after(TEST_TIMEOUT_S):
+        async with open_dht_node(persistent()) as server:
+            server.add_server(key_pair, echo, None)
+            async with open_dht_node(ephemeral(server.address)) as client:
+                # Straight to the server's own node: a plain REPLY, not relayed.
+                reply = await client.peer_handshake(key_pair.public_key, b"hi", server.address)
+                assert (reply.noise, reply.relayed, reply.server_address) == (b"re:hi", False, server.address)
+
+                # A "relay" that answers with the wrong mode is refused.
+                liar = await RawPeer().bind()
+
+                async def lie() -> None:
+                    data, (host, port) = await liar.sock.recvfrom(4096)
+                    request = Request.decode(data)
+                    wrong = Handshake(HandshakeMode.FROM_SERVER, b"x").encode()
+                    await liar.send(Response(request.tid, Address(host, port), value=wrong).encode(), Address(host, port))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(lie)
+                    with pytest.raises(DHTError, match="bad handshake reply"):
+                        await client.peer_handshake(key_pair.public_key, b"hi", liar.address)

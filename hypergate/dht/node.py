@@ -235,29 +235,14 @@ class DHTNode:
             self.stats["send_errors"] += 1
             log.debug("dht send failed to=%s error=%s", to, exc)
 
-    async def request(
-        self,
-        to: Address,
-        command: int,
-        *,
-        internal: bool = False,
-        target: bytes | None = None,
-        value: bytes | None = None,
-        token: bytes | None = None,
-        retries: int = DHT_REQUEST_RETRIES,
-        timeout_s: float = DHT_REQUEST_TIMEOUT_S,
-        on_retry: Callable[[], None] | None = None,
-        sock: trio.socket.SocketType | None = None,
-    ) -> tuple[Response, Address]:
+    async def request(self, to: Address, command: int, **options) -> tuple[Response, Address]:
         """Send one request, resending on silence; returns (response, its source).
 
-        `sock` sends from another socket (e.g. a hole-punch socket), whose reader must
-        pass DHT datagrams to `handle_datagram` so the answer is matched.
+        Options as `transact`: internal, target, value, token, retries, timeout_s,
+        on_retry, and sock to send from another socket (e.g. a hole-punch socket, whose
+        reader must pass DHT datagrams to `handle_datagram` so the answer is matched).
         """
-        pending = await self.transact(
-            to, command, internal=internal, target=target, value=value, token=token, retries=retries,
-            timeout_s=timeout_s, on_retry=on_retry, sock=sock,
-        )
+        pending = await self.transact(to, command, **options)
         return pending.response, pending.source
 
     async def transact(
@@ -274,7 +259,7 @@ class DHTNode:
         on_retry: Callable[[], None] | None = None,
         sock: trio.socket.SocketType | None = None,
     ) -> _Pending:
-        """`request`, also telling which socket the answer arrived on."""
+        """`request`, returning the whole exchange, including the socket the answer reached."""
         if len(self._pending) >= DHT_MAX_INFLIGHT_REQUESTS:
             raise DHTError("too many requests in flight")
         sock = sock or self.request_socket

@@ -370,3 +370,16 @@ async def test_client_handshake_direct_to_the_server_node_and_bad_replies_reject
                     nursery.start_soon(lie)
                     with pytest.raises(DHTError, match="bad handshake reply"):
                         await client.peer_handshake(key_pair.public_key, b"hi", liar.address)
+
+
+async def test_tokens_expire_after_two_rotations(autojump_clock):
+    async with open_dht_node(persistent()) as node:
+        raw = await RawPeer().bind()
+        target = b"\x07" * 32
+        token = (await raw.request(node.address, Command.LOOKUP, target=target)).token
+        await trio.sleep(crypto.TOKEN_ROTATE_INTERVAL_S + 1)
+        still = await raw.request(node.address, Command.LOOKUP, target=target, token=token)
+        assert still.error == 0
+        await trio.sleep(crypto.TOKEN_ROTATE_INTERVAL_S + 1)
+        expired = await raw.request(node.address, Command.LOOKUP, target=target, token=token)
+        assert expired.error == RpcError.INVALID_TOKEN and expired.token != token

@@ -2,7 +2,9 @@
 // A Node hyperdht server and client that know only the DHT node given on the command line
 // (host:port, on 127.0.0.1). The server announces its key, the client connects to it
 // through that node (handshake and hole punch relayed by it) and they echo one message.
-// Prints one JSON line: {"ok": true, "echo": "...", "serverKey": hex} or {"ok": false, "error": ...}.
+// Before that, the server announces a topic and the client looks it up (stored and
+// served by that node). Prints one JSON line:
+// {"ok": true, "echo": "...", "serverKey": hex, "topicPeers": [hex]} or {"ok": false, "error": ...}.
 
 const DHT = require('hyperdht')
 const b4a = require('b4a')
@@ -18,6 +20,12 @@ async function main() {
   await serverNode.fullyBootstrapped()
   await clientNode.fullyBootstrapped()
   const keyPair = DHT.keyPair(b4a.alloc(32, 0x42))
+  const topic = b4a.alloc(32, 0x77)
+  await serverNode.announce(topic, keyPair).finished()
+  const topicPeers = []
+  for await (const data of clientNode.lookup(topic)) {
+    for (const peer of data.peers) topicPeers.push(b4a.toString(peer.publicKey, 'hex'))
+  }
   const server = serverNode.createServer((socket) => {
     socket.on('data', (data) => socket.write(data))
     socket.on('error', () => {})
@@ -30,7 +38,7 @@ async function main() {
     socket.on('open', () => socket.write(b4a.from('hello through the python relay')))
     socket.on('data', (data) => resolve(b4a.toString(data)))
   })
-  process.stdout.write(JSON.stringify({ ok: true, echo, serverKey: b4a.toString(keyPair.publicKey, 'hex') }) + '\n')
+  process.stdout.write(JSON.stringify({ ok: true, echo, serverKey: b4a.toString(keyPair.publicKey, 'hex'), topicPeers }) + '\n')
   socket.destroy()
   await server.close()
   await serverNode.destroy()

@@ -172,8 +172,9 @@ async def test_python_server_reached_through_node_relays(testnet):
 
 
 async def test_node_peers_connect_through_our_node_as_their_only_dht():
-    """A Node server and client whose only DHT node is ours: they find each other, run
-    the IK handshake through our relay and exchange data."""
+    """A Node server and client whose only DHT node is ours: a topic announce and lookup
+    are stored and served by us, then they find each other, run the IK handshake through
+    our relay and exchange data."""
     node_binary = require_node()
     async with open_dht_node(NodeConfig(host="127.0.0.1", ephemeral=False)) as ours:
         with trio.fail_after(COMMAND_TIMEOUT_S):
@@ -184,8 +185,11 @@ async def test_node_peers_connect_through_our_node_as_their_only_dht():
                 check=False,
             )
         outcome = json.loads(result.stdout.decode().strip().splitlines()[-1])
-        assert outcome == {"ok": True, "echo": "hello through the python relay", "serverKey": outcome["serverKey"]}
-        assert ours.stats["announces_stored"] == 1
+        assert outcome["ok"], outcome
+        assert outcome["echo"] == "hello through the python relay"
+        # Node's LOOKUP was answered from the record Node's ANNOUNCE left in our store.
+        assert outcome["topicPeers"] == [outcome["serverKey"]]
+        assert ours.stats["announces_stored"] == 2  # the topic, then the server's own key
         assert ours.stats["relayed_peer_handshake"] == 1
         assert ours.stats["replied_for_peer_handshake"] == 1
         assert ours.stats["unannounces_done"] == 1, "the server's close removed its entry"

@@ -190,3 +190,6 @@ DHT_FIREWALL_PROBES = 5
 DHT_STABLE_TICKS = 240
 # (Node) DOWN_HINTs a node sends per 5 s tick, whatever its queries run into.
 DHT_DOWN_HINTS_PER_TICK = 50
+# (Node) outbound pacing: 80 requests per 750 ms bucket, 160 over the last four.
+DHT_CONGESTION_WINDOW = 80
+DHT_CONGESTION_ROTATE_S = 0.75

@@ -33,12 +33,13 @@ from hypergate.dht.messages import Command, InternalCommand, Request, Response, 
 from hypergate.dht.nat import NatSampler
 from hypergate.dht.operations import DHTError, LookupResult, RequestTimeout
 from hypergate.dht.query import QueryReply
-from hypergate.dht.ratelimit import SourceRateLimiter
+from hypergate.dht.ratelimit import CongestionWindow, SourceRateLimiter
 from hypergate.dht.routing_table import K, OLD_NODE_TICKS, RoutingTable, TableNode
 from hypergate.dht.storage import AnnounceStore
 from hypergate.errors import ProtocolError
 from hypergate.limits import (
     DHT_ANNOUNCE_COMMIT_NODES,
+    DHT_CONGESTION_ROTATE_S,
     DHT_MAX_DATAGRAM,
     DHT_MAX_INFLIGHT_REQUESTS,
     DHT_MAX_SERVING,
@@ -111,6 +112,8 @@ class DHTNode:
         self._tid = self._rng.randrange(65536)
         self._pending: dict[int, _Pending] = {}
         self._limiter = SourceRateLimiter()
+        self._congestion = CongestionWindow()
+        self._window_rotated = trio.Event()
         self._id_less_samples: list[Address] = []
         self._stable_ticks = DHT_STABLE_TICKS
         self.refresh_ticks = DHT_REFRESH_TICKS
@@ -152,6 +155,7 @@ class DHTNode:
                     self._nursery = nursery
                     nursery.start_soon(self._receive_loop, server_socket)
                     nursery.start_soon(self._receive_loop, client_socket)
+                    nursery.start_soon(self._rotate_congestion_window)
                     await self._bootstrap()
                     nursery.start_soon(self._maintenance_loop)
                     task_status.started(self)
@@ -267,10 +271,16 @@ class DHTNode:
         tid = self._next_tid()
         data = Request(tid, to, command, internal, node_id, token, target, value).encode()
         pending = self._pending[tid] = _Pending(to)
+        sends = 0
         try:
             for attempt in range(retries + 1):
                 if attempt == 1 and on_retry is not None:
                     on_retry()
+                while self._congestion.is_full():
+                    self.stats["congestion_waits"] += 1
+                    await self._window_rotated.wait()
+                self._congestion.sent()
+                sends += 1
                 await self.send(data, to, sock)
                 with trio.move_on_after(timeout_s):
                     await pending.done.wait()
@@ -280,6 +290,8 @@ class DHTNode:
             raise RequestTimeout(f"no answer from {to} to command {command}")
         finally:
             del self._pending[tid]
+            if sends:
+                self._congestion.settled()
 
     def is_server_socket(self, sock: trio.socket.SocketType | None) -> bool:
         return sock is not None and sock is self._server_socket
@@ -287,6 +299,13 @@ class DHTNode:
     async def ping(self, to: Address) -> Response:
         response, _ = await self.request(to, InternalCommand.PING, internal=True)
         return response
+
+    async def _rotate_congestion_window(self) -> None:
+        while True:
+            await trio.sleep(DHT_CONGESTION_ROTATE_S)
+            self._congestion.rotate()
+            self._window_rotated.set()
+            self._window_rotated = trio.Event()
 
     async def _receive_loop(self, sock: trio.socket.SocketType) -> None:
         while True:
@@ -574,15 +593,5 @@ async def open_dht_node(config: NodeConfig) -> AsyncIterator[DHTNode]:
             nursery.cancel_scope.cancel()
 
 
-__all__ = [
-    "DHTError",
-    "DHTNode",
-    "Incoming",
-    "LookupResult",
-    "NodeConfig",
-    "PeerHandler",
-    "PeerMessage",
-    "PeerReply",
-    "RequestTimeout",
-    "open_dht_node",
-]
+__all__ = ["DHTError", "DHTNode", "Incoming", "LookupResult", "NodeConfig", "PeerHandler"]
+__all__ += ["PeerMessage", "PeerReply", "RequestTimeout", "open_dht_node"]

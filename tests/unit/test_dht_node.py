@@ -26,7 +26,15 @@ from hypergate.dht.messages import (
     RpcError,
 )
 from hypergate.dht.node import DHTError, NodeConfig, PeerMessage, PeerReply, RequestTimeout, open_dht_node
-from hypergate.limits import DHT_MAX_DATAGRAM, DHT_RATE_BURST, DHT_REQUEST_RETRIES, DHT_STABLE_TICKS, DHT_TICK_S
+from hypergate.limits import (
+    DHT_CONGESTION_ROTATE_S,
+    DHT_CONGESTION_WINDOW,
+    DHT_MAX_DATAGRAM,
+    DHT_RATE_BURST,
+    DHT_REQUEST_RETRIES,
+    DHT_STABLE_TICKS,
+    DHT_TICK_S,
+)
 
 LOOPBACK = "127.0.0.1"
 # Everything here is a handful of loopback round trips.
@@ -383,3 +391,32 @@ async def test_tokens_expire_after_two_rotations(autojump_clock):
         await trio.sleep(crypto.TOKEN_ROTATE_INTERVAL_S + 1)
         expired = await raw.request(node.address, Command.LOOKUP, target=target, token=token)
         assert expired.error == RpcError.INVALID_TOKEN and expired.token != token
+
+
+async def test_outbound_requests_are_paced_by_the_congestion_window(autojump_clock):
+    silent = await RawPeer().bind()
+    arrivals: list[float] = []
+
+    async def count_arrivals() -> None:
+        for _ in range(10_000):
+            await silent.sock.recv(4096)
+            arrivals.append(trio.current_time())
+
+    async with open_dht_node(ephemeral()) as node:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(count_arrivals)
+            start = trio.current_time()
+            async with trio.open_nursery() as pings:
+                for _ in range(200):
+                    pings.start_soon(_expect_timeout, node, silent.address)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    assert len(arrivals) == 200 * (DHT_REQUEST_RETRIES + 1)
+    first_bucket = [t for t in arrivals if t - start < DHT_CONGESTION_ROTATE_S]
+    assert len(first_bucket) <= DHT_CONGESTION_WINDOW
+    assert node.stats["congestion_waits"] > 0
+
+
+async def _expect_timeout(node, address: Address) -> None:
+    with pytest.raises(RequestTimeout):
+        await node.ping(address)

@@ -10,7 +10,7 @@ from hypergate.dht import crypto
 from hypergate.dht.encoding import Address
 from hypergate.dht.messages import Announce, Handshake, HandshakeMode, Holepunch, LookupReply, PeerRecord, Response
 from hypergate.dht.query import Candidate, IterativeQuery, QueryReply
-from hypergate.dht.ratelimit import SourceRateLimiter
+from hypergate.dht.ratelimit import CongestionWindow, SourceRateLimiter
 from hypergate.dht.routing_table import RoutingTable, TableNode
 from hypergate.dht.relay import Drop, Forward, Respond, relay_handshake, relay_holepunch
 from hypergate.dht.storage import AnnounceStore
@@ -267,3 +267,25 @@ def test_lookup_reply_sizes(count):
         announce(store, topic, key(500 + i), source=Address(f"192.0.2.{i + 1}", 1))
     reply = store.lookup(topic, 0)
     assert (reply is None) if count == 0 else len(reply.peers) == min(count, 20)
+
+
+def test_congestion_window_fills_per_bucket_and_overall_and_drains_by_rotation():
+    window = CongestionWindow(max_window=3)
+    for _ in range(3):
+        assert not window.is_full()
+        window.sent()
+    assert window.is_full(), "current bucket full"
+    window.settled()
+    assert not window.is_full(), "an answer frees a slot"
+    window.sent()
+    window.rotate()
+    for _ in range(2):
+        window.sent()
+    assert not window.is_full()
+    window.sent()
+    assert window.is_full(), "three in this bucket"
+    window.rotate()
+    assert window.is_full(), "six over the last buckets is twice the window"
+    window.rotate()
+    window.rotate()
+    assert not window.is_full(), "old buckets rotate out"

@@ -153,6 +153,7 @@ class Bench:
         self.results: dict[str, dict[str, dict]] = {}
         self.started = time.monotonic()
         self.backend: Backend | None = None
+        self.measured: set[str] = set()
 
     # -------------------------------------------------------------- lifecycle
 
@@ -179,10 +180,12 @@ class Bench:
             self.targets[name] = target
             for protocol, why in target.unsupported.items():
                 self.notes.append(f"{name}: no {protocol.upper()} test ({why})")
+            if target.fresh_per_test:
+                self.notes.append(f"{name}: started afresh before each test")
             for service, why in target.dropped.items():
                 self.notes.append(f"{name}: no {service} test: {why}")
 
-    def restart(self, name: str, test: str) -> bool:
+    def restart(self, name: str, test: str, quiet: bool = False) -> bool:
         """A target killed by the memory cap (or crashed) gets one fresh start per test."""
         target = self.targets[name]
         target.stop()
@@ -191,7 +194,8 @@ class Bench:
         except (BenchError, OSError) as exc:
             log.warning("restart failed target=%s: %s", name, exc)
             return False
-        self.notes.append(f"{name}: restarted before {test} (its processes had ended)")
+        if not quiet:
+            self.notes.append(f"{name}: restarted before {test} (its processes had ended)")
         return True
 
     def stop_targets(self) -> None:
@@ -207,9 +211,14 @@ class Bench:
         if time.monotonic() - self.started > self.args.budget:
             bucket[name] = {"error": "run time budget exhausted"}
             return
-        if not target.alive() and not self.restart(name, test):
+        if target.fresh_per_test and name in self.measured:
+            if not self.restart(name, test, quiet=True):
+                bucket[name] = {"error": "did not restart for this test"}
+                return
+        elif not target.alive() and not self.restart(name, test):
             bucket[name] = {"error": "target no longer running and did not restart"}
             return
+        self.measured.add(name)
         log.info("measure test=%s target=%s", test, name)
         with measure.ResourceWatch(target.pids(), self.args.memory_cap_mb * 1024 * 1024) as watch:
             try:
@@ -276,9 +285,11 @@ class Bench:
                 self.results.setdefault("scale", {})[name] = {"skipped": excluded[name]}
                 self.notes.append(f"{name}: no scale test ({excluded[name]})")
                 continue
-            sides = {side: pids for side, pids in self.targets[name].sides().items() if pids}
-            self.record("scale", name, lambda ports, s=sides: scale(
-                ports["echo"], self.durations.channels, s))
+            # Sides are read when the test starts: a fresh-per-test target has new pids.
+            target = self.targets[name]
+            self.record("scale", name, lambda ports, t=target: scale(
+                ports["echo"], self.durations.channels,
+                {side: pids for side, pids in t.sides().items() if pids}))
 
 
 def machine_facts() -> dict:

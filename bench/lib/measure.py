@@ -123,7 +123,11 @@ def latency(port: int, count: int, seconds: float) -> dict:
             sock.sendall(payload)
             received = 0
             while received < LATENCY_PAYLOAD:
-                chunk = sock.recv(LATENCY_PAYLOAD - received)
+                try:
+                    chunk = sock.recv(LATENCY_PAYLOAD - received)
+                except TimeoutError:
+                    raise BenchError(f"round trip {index + 1} got no echo within "
+                                     f"{CONNECT_TIMEOUT:.0f}s") from None
                 if not chunk:
                     raise BenchError("echo closed during the latency test")
                 received += len(chunk)

@@ -18,8 +18,11 @@ from bench.lib.procs import usage_of
 log = logging.getLogger(__name__)
 
 ECHO_BYTES = 1024
-# Opening in bounded waves keeps SYN bursts within the listen backlogs (4096 here).
-OPENING_IN_FLIGHT = 256
+# Opening in bounded waves keeps SYN bursts within the listen backlogs: ssh -L and others
+# listen with a backlog of 128, and an overflowed SYN is retried only after 1, 3, 7... s,
+# which would count as the tunnel's failure when it is the client's haste.
+OPENING_IN_FLIGHT = 100
+CONNECT_TIMEOUT = 60.0
 OPEN_TIMEOUT = 180.0
 ECHO_TIMEOUT = 120.0
 HOLD_SECONDS = 2.0
@@ -30,7 +33,7 @@ async def _open_one(port: int, limiter: trio.CapacityLimiter, streams: list,
     async with limiter:
         stream = None
         try:
-            with trio.fail_after(30):
+            with trio.fail_after(CONNECT_TIMEOUT):
                 stream = await trio.open_tcp_stream("127.0.0.1", port)
                 stream.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 await stream.send_all(b"o")
@@ -38,7 +41,7 @@ async def _open_one(port: int, limiter: trio.CapacityLimiter, streams: list,
                     raise OSError("open echo mismatch")
             streams.append(stream)
         except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-            errors.append(f"open: {exc or type(exc).__name__}")
+            errors.append(f"open: {str(exc) or type(exc).__name__}")
             if stream is not None:
                 await stream.aclose()
 
@@ -56,7 +59,7 @@ async def _echo_one(stream: trio.SocketStream, payload: bytes, start: trio.Event
                     raise OSError("closed before the echo came back")
                 received += len(data)
     except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-        errors.append(f"echo: {exc or type(exc).__name__}")
+        errors.append(f"echo: {str(exc) or type(exc).__name__}")
 
 
 async def _run(port: int, channels: int, sides: dict[str, list[int]]) -> dict:

@@ -49,6 +49,10 @@ class Target:
     description = ""
     # protocol -> why this target cannot carry it
     unsupported: dict[str, str] = {}
+    # Started afresh before every test: for a tunnel whose backlog from one test (queued
+    # without backpressure) would otherwise be the next test's figure.
+    fresh_per_test = False
+    stop_grace = 5.0
 
     def __init__(self, workdir: Path):
         self.workdir = workdir / self.name
@@ -92,8 +96,10 @@ class Target:
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
-            proc.stop()
+            proc.stop(self.stop_grace)
         self.procs.clear()
+        self.ports = {}
+        self.dropped = {}
 
     def wait_ready(self, services: list[Service], timeout: float) -> None:
         """Each service answers through the tunnel within `timeout`. A TCP service that
@@ -256,6 +262,10 @@ class Hypertele(Target):
     name = "hypertele"
     description = "Node.js hypertele (Hyperswarm) over a local hyperdht testnet"
     unsupported = {"udp": "hypertele forwards TCP only"}
+    # After iperf3 it holds gigabytes of queued data and drains them for minutes.
+    fresh_per_test = True
+    # Its SIGTERM handler leaves the DHT politely, which takes longer than we care for.
+    stop_grace = 1.0
     node_dir = REPO_ROOT / "bench" / "node"
 
     def unavailable(self) -> str | None:

@@ -52,6 +52,14 @@ class NodeConfig:
     unlimited_secret: str | None = attrs.field(default=None, repr=False)
     unlimited_host: str = "127.0.0.1"
     unlimited_port: int = 8091
+    # Docker mode (off without a socket path).
+    docker_socket: str | None = None
+    docker_network: str = "hypergatenet"
+    docker_refresh_s: float = 20.0
+    docker_image: str = "hypergate"
+    docker_helper_kind: str = "python"
+    # The gateway listens on the Docker network's address unless --listen was given.
+    listen_explicit: bool = False
 
 
 @attrs.define
@@ -116,8 +124,14 @@ class Node:
                             extra=(config.resolver_basic_auth,),
                         )
                     )
+            if config.docker_socket and self.provider is not None:
+                await nursery.start(self._run_docker_provider)
+            if config.docker_socket and self.gateway is not None:
+                await self._prepare_docker_gateway()
             if self.gateway is not None:
                 await nursery.start(self.gateway.run)
+                if config.docker_socket:
+                    await nursery.start(self._run_docker_bridge)
                 if self.unlimited is not None:
                     self.unlimited_bound_port = await nursery.start(
                         functools.partial(
@@ -146,6 +160,73 @@ class Node:
     async def _shutdown_then_cancel(self, scope: trio.CancelScope) -> None:
         await self.router.shutdown()
         scope.cancel()
+
+
+    # --- Docker mode ----------------------------------------------------------------
+
+    async def _run_docker_provider(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """Containers on the network become services, next to any --provider files."""
+        from .docker.discovery import run_discovery
+        from .docker.engine import DockerEngine
+
+        provider = self.provider
+        assert provider is not None
+        static = list(self.config.services or ())
+        addresses: dict[str, str] = {}
+        provider.resolve_host = lambda host: addresses.get(host, host)
+        await run_discovery(
+            DockerEngine(self.config.docker_socket),
+            self.config.docker_network,
+            self.config.docker_refresh_s,
+            lambda found: provider.set_services(static + list(found)),
+            addresses=addresses,
+            task_status=task_status,
+        )
+
+    async def _prepare_docker_gateway(self) -> None:
+        """Gates must listen where the network's containers (the helpers) reach us."""
+        from .docker.engine import DockerEngine, DockerError
+        from .docker.gateway_bridge import address_on_network, detect_own_container
+
+        if self.config.listen_explicit:
+            return
+        assert self.gateway is not None
+        engine = DockerEngine(self.config.docker_socket)
+        own = detect_own_container()
+        try:
+            try:
+                address = await address_on_network(engine, self.config.docker_network, own_container=own)
+            except DockerError as exc:
+                if own is None:
+                    raise
+                # Container-like sandbox the engine does not know: we run beside it, as on a host.
+                log.info("event=docker_not_our_engine container=%s error=%r", own, str(exc))
+                address = await address_on_network(engine, self.config.docker_network)
+        except DockerError as exc:
+            log.error("event=docker_unavailable error=%r listen=%s", str(exc), self.gateway.listen_host)
+            return
+        log.info("event=docker_listen network=%s address=%s", self.config.docker_network, address)
+        self.gateway.listen_host = address
+
+    async def _run_docker_bridge(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """Helper containers make every exposed service reachable by name on the network."""
+        from .docker.engine import DockerEngine
+        from .docker.gateway_bridge import BridgeSync, GatewayBridge, HelperRunner, bridge_routes
+
+        gateway = self.gateway
+        assert gateway is not None
+        bridge = GatewayBridge(
+            DockerEngine(self.config.docker_socket),
+            self.config.docker_network,
+            gateway.listen_host,
+            runner=HelperRunner(self.config.docker_image, kind=self.config.docker_helper_kind),
+            # Stable across restarts, so a restarted gateway adopts (and cleans up) the
+            # helpers of a predecessor that died without removing them.
+            owner="gateway",
+        )
+        sync = BridgeSync(bridge, refresh_s=self.config.docker_refresh_s)
+        gateway.route_listeners.append(lambda: sync.set_routes(bridge_routes(gateway.routes.services())))
+        await sync.run(task_status=task_status)
 
 
 def _policy_wire(source: PolicySource | None):

@@ -18,6 +18,7 @@ from . import __version__
 from .app import Node, NodeConfig
 from .config import load_filters, load_services
 from .crypto.keys import new_router_secret, parse_router_secret
+from .docker.engine import DEFAULT_SOCKET as DEFAULT_DOCKER_SOCKET
 from .errors import ConfigError, HypergateError
 from .policy.source import PolicySource
 from .roles.routes import ExposurePolicy
@@ -120,6 +121,24 @@ def _gateway_option(value: str | None) -> tuple[bool, str | None]:
 @click.option("--unlimitedSecret", "unlimited_secret", default=None, envvar=_env("UNLIMITED_SECRET"), help="Gateway: enable /unlimited with this token secret.")
 @click.option("--unlimitedHost", "unlimited_host", default="127.0.0.1", show_default=True, envvar=_env("UNLIMITED_HOST"))
 @click.option("--unlimitedPort", "unlimited_port", type=click.IntRange(1, 65535), default=8091, show_default=True, envvar=_env("UNLIMITED_PORT"))
+@click.option(
+    "--docker", "docker_socket", is_flag=False, flag_value=DEFAULT_DOCKER_SOCKET, default=None,
+    envvar=_env("DOCKER"), metavar="[SOCKET]",
+    help=f"Docker mode, through the Engine API socket (default {DEFAULT_DOCKER_SOCKET}).",
+)
+@click.option("--network", "docker_network", default="hypergatenet", show_default=True, envvar=_env("NETWORK"), help="Docker mode: the bridge network.")
+@click.option("--refreshTime", "refresh_time_ms", type=click.IntRange(500), default=20000, show_default=True, envvar=_env("REFRESH_TIME"), help="Docker mode: ms between container refreshes.")
+@click.option("--image", "docker_image", default="hypergate", show_default=True, envvar=_env("IMAGE"), help="Docker mode: image of the gateway's helper containers.")
+@click.option(
+    "--helperKind", "docker_helper_kind", type=click.Choice(["python", "busybox"]), default="python",
+    show_default=True, envvar=_env("HELPER_KIND"),
+    help="Docker mode: helpers run hypergate's forwarder (TCP+UDP) or busybox nc (TCP).",
+)
+@click.option(
+    "--exposeOnlyDocker/--no-exposeOnlyDocker", "expose_only_docker", default=None, envvar=_env("EXPOSE_ONLY_DOCKER"),
+    help="Gateway: expose only services found in containers (default: on with --docker).",
+)
+@click.option("--exposeOnlyPublished", "expose_only_published", is_flag=True, envvar=_env("EXPOSE_ONLY_PUBLISHED"), help="Gateway: expose only published container ports.")
 @click.option("--verbose", is_flag=True, envvar=_env("VERBOSE"), help="Debug logging.")
 @click.pass_context
 async def main_group(
@@ -141,6 +160,13 @@ async def main_group(
     unlimited_secret: str | None,
     unlimited_host: str,
     unlimited_port: int,
+    docker_socket: str | None,
+    docker_network: str,
+    refresh_time_ms: int,
+    docker_image: str,
+    docker_helper_kind: str,
+    expose_only_docker: bool | None,
+    expose_only_published: bool,
     verbose: bool,
 ) -> None:
     """hypergate: expose services of a provider as ports of a gateway, over an encrypted
@@ -154,11 +180,11 @@ async def main_group(
     if router is None:
         raise ConfigError("--router is required (make a secret with `hypergate --new`)")
     is_gateway, filter_source = _gateway_option(gateway)
-    if not providers and not is_gateway:
-        raise ConfigError("nothing to do: give --provider FILE and/or --gateway")
+    if not providers and not is_gateway and not docker_socket:
+        raise ConfigError("nothing to do: give --provider FILE, --docker and/or --gateway")
     secret = parse_router_secret(router)
     services = None
-    if providers:
+    if providers or (docker_socket and not is_gateway):
         services = []
         for source in providers:
             services.extend(await trio.to_thread.run_sync(load_services, source))
@@ -183,7 +209,12 @@ async def main_group(
         router_secret=secret,
         services=tuple(services) if services is not None else None,
         gateway=is_gateway,
-        exposure=ExposurePolicy(filters, only_hosts),
+        exposure=ExposurePolicy(
+            filters,
+            only_hosts,
+            only_docker=bool(docker_socket) if expose_only_docker is None else expose_only_docker,
+            only_published=expose_only_published,
+        ),
         listen=listen,
         peer_host=peer_host,
         peer_port=peer_port,
@@ -194,6 +225,12 @@ async def main_group(
         unlimited_secret=unlimited_secret,
         unlimited_host=unlimited_host,
         unlimited_port=unlimited_port,
+        docker_socket=docker_socket,
+        docker_network=docker_network,
+        docker_refresh_s=refresh_time_ms / 1000,
+        docker_image=docker_image,
+        docker_helper_kind=docker_helper_kind,
+        listen_explicit=ctx.get_parameter_source("listen") is not click.core.ParameterSource.DEFAULT,
     )
     node = Node.build(config, policy_source)
     log.info(

@@ -123,6 +123,9 @@ class Cluster:
     async def close(self) -> None:
         for proc in self.processes:
             await proc.stop()
+            # Captured by pytest and shown only when the test fails.
+            print(f"----- {proc.name} (exit {proc.process.returncode}) -----")
+            print("\n".join(proc.lines[-60:]))
 
 
 def new_secret() -> str:

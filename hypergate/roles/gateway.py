@@ -56,6 +56,8 @@ class Gateway:
         self._gate_scopes: dict[GateKey, trio.CancelScope] = {}
         self.open_gates: dict[GateKey, int] = {}  # gate -> bound port, once listening
         self.gates_changed = trio.Event()
+        # Called after every change of the route table (Docker mode keeps helpers in step).
+        self.route_listeners: list[Callable[[], None]] = []
         self._nursery: trio.Nursery | None = None
         self.datagrams_dropped = 0
 
@@ -100,6 +102,8 @@ class Gateway:
     # --- gates ----------------------------------------------------------------------
 
     def _sync_gates(self) -> None:
+        for listener in self.route_listeners:
+            listener()
         if self._nursery is None:
             return
         wanted = self.routes.gates()

@@ -36,6 +36,9 @@ class Provider:
         self.gateways: set[PeerConnection] = set()
         self.observers: list[ConnectionObserver] = []
         self.datagrams_dropped = 0
+        # Maps a service host to the address to connect to. Docker mode points container
+        # names at container addresses, as a provider on the host cannot resolve them.
+        self.resolve_host: Callable[[str], str] = lambda host: host
 
     @property
     def services(self) -> list[Service]:
@@ -111,7 +114,9 @@ class Provider:
         target = f"{service.serviceHost}:{service.servicePort}"
         try:
             with trio.fail_after(limits.SERVICE_CONNECT_TIMEOUT_S):
-                stream = await trio.open_tcp_stream(service.serviceHost, service.servicePort)
+                stream = await trio.open_tcp_stream(
+                    self.resolve_host(service.serviceHost), service.servicePort
+                )
         except trio.TooSlowError:
             self._refuse(peer, channel, target, f"connect timed out after {limits.SERVICE_CONNECT_TIMEOUT_S:g}s")
             return
@@ -148,7 +153,7 @@ class Provider:
         target = f"{service.serviceHost}:{service.servicePort}"
         try:
             infos = await trio.socket.getaddrinfo(
-                service.serviceHost, service.servicePort, type=socket.SOCK_DGRAM
+                self.resolve_host(service.serviceHost), service.servicePort, type=socket.SOCK_DGRAM
             )
             family, _, _, _, address = infos[0]
             sock = trio.socket.socket(family, socket.SOCK_DGRAM)

@@ -38,11 +38,20 @@ class ExposurePolicy:
 
     filters: tuple[ServiceFilter, ...] | None = None
     only_service_hosts: frozenset[str] | None = None
+    # Docker mode: only services a provider found in containers / with published ports
+    # (providers tag them "docker" and "published").
+    only_docker: bool = False
+    only_published: bool = False
 
     def allows(self, service: Service) -> bool:
         if self.filters is not None and not any(f.matches(service) for f in self.filters):
             return False
         if self.only_service_hosts is not None and service.serviceHost not in self.only_service_hosts:
+            return False
+        tags = set((service.tags or "").replace(",", " ").split())
+        if self.only_docker and "docker" not in tags:
+            return False
+        if self.only_published and "published" not in tags:
             return False
         return True
 
@@ -75,6 +84,14 @@ class RouteTable(Generic[Peer]):
         for peer in stale:
             self.remove_peer(peer)
         return stale
+
+    def services(self) -> list[Service]:
+        """Every exposed service, once per (host, gate, protocol)."""
+        seen = {}
+        for routes in self._routes.values():
+            for route in routes.values():
+                seen.setdefault((route.service.serviceHost, gate_of(route.service)), route.service)
+        return list(seen.values())
 
     def gates(self) -> set[GateKey]:
         return {key for routes in self._routes.values() for key in routes}

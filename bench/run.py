@@ -17,6 +17,7 @@ import json
 import logging
 import platform
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -305,6 +306,39 @@ def machine_facts() -> dict:
     return facts
 
 
+def tool_versions() -> dict[str, str]:
+    """The baselines' versions, so a table can be compared with a later one."""
+    probes = {"iperf3": ["iperf3", "--version"], "socat": ["socat", "-V"], "ssh": ["ssh", "-V"],
+              "node": ["node", "--version"]}
+    versions = {}
+    for tool, argv in probes.items():
+        if not which(argv[0]):
+            continue
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        lines = [l for l in (done.stdout + done.stderr).splitlines() if l.strip()]
+        if tool == "socat":
+            lines = [l for l in lines if "version" in l] or lines
+        if lines:
+            versions[tool] = lines[0].strip()
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10, cwd=repo).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "hypergate"], capture_output=True,
+                               text=True, timeout=10, cwd=repo).stdout.strip()
+        if head:
+            versions["hypergate"] = head + ("+uncommitted" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    package = Path(__file__).resolve().parent / "node" / "node_modules" / "hypertele" / "package.json"
+    if package.exists():
+        versions["hypertele"] = json.loads(package.read_text()).get("version", "?")
+    return versions
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -342,11 +376,15 @@ def run(args: argparse.Namespace, workdir: Path, open_files: int) -> int:
             render_table(rows, shown, args.subject)]
     for name, reason in bench.skipped.items():
         text.append(f"skipped {name}: {reason}")
+    versions = tool_versions()
+    text.append("tools: " + "; ".join(f"{k} {v}" for k, v in versions.items()))
     text += [f"note: {note}" for note in bench.notes]
     text += [f"error {where}: {why}" for where, why in errors.items()]
-    print("\n".join(text))
+    # With --json - the JSON alone goes to stdout, so machines can read it; the table to stderr.
+    print("\n".join(text), file=sys.stderr if args.json == "-" else sys.stdout)
     if args.json:
         document = {"started": began.isoformat(), "quick": args.quick, "machine": machine_facts(),
+                    "tools": versions,
                     "subject": args.subject, "options": vars(args), "targets": {
                         name: {"description": TARGET_CLASSES[name].description,
                                "skipped": bench.skipped.get(name)} for name in bench.target_names},

@@ -16,7 +16,8 @@ Operations (addresses are `[host, port]` lists; data is text):
   this socket is seen
 - punch(sock, to, payload="punch", interval=0.05, timeout=3.0, acks=3) -> {ok, from, sent,
   elapsed}: send `payload` to `to` every `interval` until a datagram from `to` arrives
-  (then send `acks` "ack" datagrams so the other side hears us too), or `timeout`
+  (then send `acks` "ack" datagrams so the other side hears us too), or `timeout`;
+  datagrams queued before the punch starts are discarded first
 - close(sock) -> {}
 - serve_observer(host, port=0, tcp=true) -> {local}: UDP (and TCP on the same port)
   server answering every datagram/connection with `{"observed": [ip, port]}`
@@ -107,6 +108,7 @@ def observe(sock: int, server: Any, timeout: float = 1.0, tries: int = 3) -> dic
 
 def punch(sock: int, to: Any, payload: str = "punch", interval: float = 0.05,
           timeout: float = 3.0, acks: int = 3) -> dict[str, Any]:
+    udp_drain(sock)  # a fresh punch: leftovers of an earlier one do not count
     s = _socks[sock]
     target = _addr(to)
     start = time.monotonic()
@@ -193,7 +195,7 @@ def tcp_connect(to: Any, timeout: float = 2.0, local_port: int = 0) -> dict[str,
         try:
             sock.connect(_addr(to))
         except OSError as exc:
-            return {"ok": False, "error": type(exc).__name__ + ": " + str(exc)}
+            return {"ok": False, "reason": type(exc).__name__ + ": " + str(exc)}
         local = list(sock.getsockname())
         return {"ok": True, "local": local, "data": _read_all(sock, timeout)}
     finally:

@@ -18,6 +18,12 @@ Operations (addresses are `[host, port]` lists; data is text):
   elapsed}: send `payload` to `to` every `interval` until a datagram from `to` arrives
   (then send `acks` "ack" datagrams so the other side hears us too), or `timeout`;
   datagrams queued before the punch starts are discarded first
+- udp_bind_many(count) -> {socks}
+- punch_many(socks, to, payload="punch", resend=1.0, timeout=10.0) -> {ok, sock, local,
+  from, rounds, elapsed}: every socket sends to `to`; the first to hear from `to`'s host
+  answers (birthday punch, random side)
+- spray(sock, host, ports=[1024, 65536], interval=0.001, timeout=10.0) -> {ok, from, sent,
+  elapsed}: random ports of `host` until it answers (birthday punch, consistent side)
 - close(sock) -> {}
 - serve_observer(host, port=0, tcp=true) -> {local}: UDP (and TCP on the same port)
   server answering every datagram/connection with `{"observed": [ip, port]}`
@@ -31,6 +37,8 @@ Operations (addresses are `[host, port]` lists; data is text):
 from __future__ import annotations
 
 import json
+import random
+import select
 import socket
 import sys
 import threading
@@ -135,6 +143,78 @@ def punch(sock: int, to: Any, payload: str = "punch", interval: float = 0.05,
                     "sent": sent, "elapsed": round(time.monotonic() - start, 3)}
 
 
+def udp_bind_many(count: int, host: str = "0.0.0.0") -> dict[str, Any]:
+    """`count` UDP sockets on ephemeral ports (the RANDOM side of a birthday punch)."""
+    return {"socks": [udp_bind(host)["sock"] for _ in range(count)]}
+
+
+def punch_many(socks: list[int], to: Any, payload: str = "punch", resend: float = 1.0,
+               timeout: float = 10.0, acks: int = 3) -> dict[str, Any]:
+    """Send `payload` from every socket to `to` (each opens its own NAT mapping), again every
+    `resend` seconds, until one of them receives a datagram from `to`'s host; answer from
+    that socket. The RANDOM side of hyperdht's "local random, remote consistent" punch."""
+    target = _addr(to)
+    for sock in socks:
+        udp_drain(sock)
+    by_fd = {_socks[sock].fileno(): sock for sock in socks}
+    start = time.monotonic()
+    deadline = start + timeout
+    next_send = start
+    rounds = 0
+    while True:
+        now = time.monotonic()
+        if now >= deadline:
+            return {"ok": False, "rounds": rounds, "elapsed": round(now - start, 3)}
+        if now >= next_send:
+            for sock in socks:
+                _socks[sock].sendto(payload.encode(), target)
+            rounds += 1
+            next_send += resend
+        readable, _, _ = select.select(list(by_fd), [], [], max(0.0, min(next_send, deadline) - now))
+        for fd in readable:
+            sock = by_fd[fd]
+            data, peer = _socks[sock].recvfrom(65535)
+            if peer[0] == target[0]:
+                for _ in range(acks):
+                    _socks[sock].sendto(b"ack", peer)
+                return {"ok": True, "sock": sock, "local": list(_socks[sock].getsockname()),
+                        "from": list(peer), "data": data.decode(errors="replace"),
+                        "rounds": rounds, "elapsed": round(time.monotonic() - start, 3)}
+
+
+def spray(sock: int, host: str, ports: Any = (1024, 65536), payload: str = "spray",
+          interval: float = 0.001, timeout: float = 10.0, acks: int = 3,
+          seed: int | None = None) -> dict[str, Any]:
+    """Send `payload` to `host` at random ports in [ports[0], ports[1]) every `interval`
+    until a datagram from `host` arrives; answer it. The CONSISTENT side of hyperdht's
+    "local consistent, remote random" punch."""
+    udp_drain(sock)
+    s = _socks[sock]
+    rng = random.Random(seed)
+    start = time.monotonic()
+    deadline = start + timeout
+    next_send = start
+    sent = 0
+    while True:
+        now = time.monotonic()
+        if now >= deadline:
+            return {"ok": False, "sent": sent, "elapsed": round(now - start, 3)}
+        if now >= next_send:
+            s.sendto(payload.encode(), (host, rng.randrange(int(ports[0]), int(ports[1]))))
+            sent += 1
+            next_send += interval
+        s.settimeout(max(0.0005, min(next_send, deadline) - now))
+        try:
+            data, peer = s.recvfrom(65535)
+        except (socket.timeout, TimeoutError):
+            continue
+        if peer[0] == host:
+            for _ in range(acks):
+                s.sendto(b"ack", peer)
+            return {"ok": True, "from": list(peer), "data": data.decode(errors="replace"),
+                    "sent": sent, "elapsed": round(time.monotonic() - start, 3)}
+
+
 def close(sock: int) -> dict[str, Any]:
     _socks.pop(sock).close()
     return {}
@@ -224,6 +304,7 @@ def tcp_accept(sock: int, timeout: float) -> dict[str, Any]:
 
 
 OPS = {f.__name__: f for f in (udp_bind, udp_send, udp_recv, udp_drain, observe, punch, close,
+                               udp_bind_many, punch_many, spray,
                                serve_observer, tcp_connect, tcp_listen, tcp_accept)}
 
 

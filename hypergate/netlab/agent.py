@@ -126,7 +126,7 @@ def punch(sock: int, to: Any, payload: str = "punch", interval: float = 0.05,
     while True:
         now = time.monotonic()
         if now >= deadline:
-            return {"ok": False, "sent": sent, "elapsed": round(now - start, 3)}
+            return {"ok": False, "sent": sent, "elapsed": round(now - start, 6)}
         if now >= next_send:
             s.sendto(payload.encode(), target)
             sent += 1
@@ -140,7 +140,7 @@ def punch(sock: int, to: Any, payload: str = "punch", interval: float = 0.05,
             for _ in range(acks):
                 s.sendto(b"ack", target)
             return {"ok": True, "from": list(peer), "data": data.decode(errors="replace"),
-                    "sent": sent, "elapsed": round(time.monotonic() - start, 3)}
+                    "sent": sent, "elapsed": round(time.monotonic() - start, 6)}
 
 
 def udp_bind_many(count: int, host: str = "0.0.0.0") -> dict[str, Any]:
@@ -164,7 +164,7 @@ def punch_many(socks: list[int], to: Any, payload: str = "punch", resend: float 
     while True:
         now = time.monotonic()
         if now >= deadline:
-            return {"ok": False, "rounds": rounds, "elapsed": round(now - start, 3)}
+            return {"ok": False, "rounds": rounds, "elapsed": round(now - start, 6)}
         if now >= next_send:
             for sock in socks:
                 _socks[sock].sendto(payload.encode(), target)
@@ -179,7 +179,7 @@ def punch_many(socks: list[int], to: Any, payload: str = "punch", resend: float 
                     _socks[sock].sendto(b"ack", peer)
                 return {"ok": True, "sock": sock, "local": list(_socks[sock].getsockname()),
                         "from": list(peer), "data": data.decode(errors="replace"),
-                        "rounds": rounds, "elapsed": round(time.monotonic() - start, 3)}
+                        "rounds": rounds, "elapsed": round(time.monotonic() - start, 6)}
 
 
 def spray(sock: int, host: str, ports: Any = (1024, 65536), payload: str = "spray",
@@ -198,7 +198,7 @@ def spray(sock: int, host: str, ports: Any = (1024, 65536), payload: str = "spra
     while True:
         now = time.monotonic()
         if now >= deadline:
-            return {"ok": False, "sent": sent, "elapsed": round(now - start, 3)}
+            return {"ok": False, "sent": sent, "elapsed": round(now - start, 6)}
         if now >= next_send:
             s.sendto(payload.encode(), (host, rng.randrange(int(ports[0]), int(ports[1]))))
             sent += 1
@@ -212,7 +212,7 @@ def spray(sock: int, host: str, ports: Any = (1024, 65536), payload: str = "spra
             for _ in range(acks):
                 s.sendto(b"ack", peer)
             return {"ok": True, "from": list(peer), "data": data.decode(errors="replace"),
-                    "sent": sent, "elapsed": round(time.monotonic() - start, 3)}
+                    "sent": sent, "elapsed": round(time.monotonic() - start, 6)}
 
 
 def close(sock: int) -> dict[str, Any]:

@@ -60,6 +60,8 @@ class NodeConfig:
     docker_helper_kind: str = "python"
     # The gateway listens on the Docker network's address unless --listen was given.
     listen_explicit: bool = False
+    # DHT discovery: bootstrap nodes ("host:port" or "ip@host:port"); None: direct mode only.
+    dht_bootstrap: tuple[str, ...] | None = None
 
 
 @attrs.define
@@ -74,6 +76,7 @@ class Node:
     fingerprints: FingerprintRegistry | None = None
     unlimited: UnlimitedService | None = None
     resolver_port: int | None = None  # bound port, once serving
+    dht_node: object = None
     unlimited_bound_port: int | None = None
 
     @classmethod
@@ -140,6 +143,8 @@ class Node:
                         )
                     )
             await nursery.start(self.router.run)
+            if config.dht_bootstrap is not None:
+                await nursery.start(self._run_dht)
             task_status.started()
 
     async def run_until_signalled(self) -> None:
@@ -161,6 +166,19 @@ class Node:
         await self.router.shutdown()
         scope.cancel()
 
+
+    async def _run_dht(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
+        """Find peers of this router on the DHT and connect through relayed handshakes."""
+        from .dht.node import DHTNode
+        from .dht.node import NodeConfig as DhtConfig
+        from .transport.rendezvous import DhtRendezvous
+
+        node = DHTNode(DhtConfig(bootstrap=self.config.dht_bootstrap, ephemeral=True))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            self.dht_node = node
+            await nursery.start(DhtRendezvous(self.router, node).run)
+            task_status.started()
 
     # --- Docker mode ----------------------------------------------------------------
 

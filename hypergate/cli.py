@@ -9,6 +9,7 @@ which take one document.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 import asyncclick as click
@@ -139,6 +140,11 @@ def _gateway_option(value: str | None) -> tuple[bool, str | None]:
     help="Gateway: expose only services found in containers (default: on with --docker).",
 )
 @click.option("--exposeOnlyPublished", "expose_only_published", is_flag=True, envvar=_env("EXPOSE_ONLY_PUBLISHED"), help="Gateway: expose only published container ports.")
+@click.option(
+    "--bootstrap", "bootstrap", multiple=True, type=CommaList(), envvar=_env("BOOTSTRAP"), metavar="HOST:PORT",
+    help="DHT bootstrap node (repeatable); replaces the public Hyperswarm bootstrap list.",
+)
+@click.option("--scan", "scan_topic", default=None, metavar="TOPIC", envvar=_env("SCAN"), help="List the peers announced under a topic (hex) on the DHT, then exit.")
 @click.option("--verbose", is_flag=True, envvar=_env("VERBOSE"), help="Debug logging.")
 @click.pass_context
 async def main_group(
@@ -167,6 +173,8 @@ async def main_group(
     docker_helper_kind: str,
     expose_only_docker: bool | None,
     expose_only_published: bool,
+    bootstrap: tuple[str, ...],
+    scan_topic: str | None,
     verbose: bool,
 ) -> None:
     """hypergate: expose services of a provider as ports of a gateway, over an encrypted
@@ -176,6 +184,10 @@ async def main_group(
         return
     if new_secret:
         click.echo(new_router_secret())
+        return
+    bootstrap_nodes = _bootstrap_list(bootstrap)
+    if scan_topic is not None:
+        await scan(scan_topic, bootstrap_nodes)
         return
     if router is None:
         raise ConfigError("--router is required (make a secret with `hypergate --new`)")
@@ -195,8 +207,10 @@ async def main_group(
     if expose_only_services:
         only_hosts = frozenset(h.strip() for h in expose_only_services.split(",") if h.strip())
     peer_addresses = tuple(parse_peer_address(p) for value in peers for p in value.split(",") if p.strip())
-    if peer_port is None and not peer_addresses:
-        log.warning("event=no_peers hint='give --peerPort PORT and/or --peer HOST:PORT'")
+    # Direct mode (explicit addresses) needs no DHT; anything else finds peers on it.
+    use_dht = bool(bootstrap) or (peer_port is None and not peer_addresses)
+    if use_dht and peer_port is None:
+        peer_port = 0  # links from peers found on the DHT arrive on any free port
     policy_source = None
     if ingress_policies:
         if services is None:
@@ -231,6 +245,7 @@ async def main_group(
         docker_image=docker_image,
         docker_helper_kind=docker_helper_kind,
         listen_explicit=ctx.get_parameter_source("listen") is not click.core.ParameterSource.DEFAULT,
+        dht_bootstrap=bootstrap_nodes if use_dht else None,
     )
     node = Node.build(config, policy_source)
     log.info(
@@ -238,6 +253,66 @@ async def main_group(
         services is not None, len(services or ()), is_gateway, node.router.keys.topic.hex()[:16],
     )
     await node.run_until_signalled()
+
+
+def _bootstrap_list(values: tuple[str, ...]) -> tuple[str, ...]:
+    from .dht.bootstrap import PUBLIC_BOOTSTRAP
+
+    given = tuple(p.strip() for value in values for p in value.split(",") if p.strip())
+    return given or tuple(PUBLIC_BOOTSTRAP)
+
+
+async def scan(topic_hex: str, bootstrap: tuple[str, ...]) -> None:
+    """Print each peer announced under `topic_hex`: its public key and its relays."""
+    from .dht.node import NodeConfig as DhtConfig
+    from .dht.node import open_dht_node
+
+    try:
+        topic = bytes.fromhex(topic_hex)
+        if len(topic) != 32:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"--scan: the topic must be 64 hex characters, got {topic_hex!r}") from None
+    async with open_dht_node(DhtConfig(bootstrap=bootstrap)) as node:
+        results = await node.lookup(topic)
+    peers = {peer.public_key: peer for result in results for peer in result.peers}
+    for public_key, peer in sorted(peers.items()):
+        relays = ",".join(str(address) for address in peer.relay_addresses) or "-"
+        click.echo(f"{public_key.hex()} relays={relays}")
+    log.info("event=scan_done topic=%s peers=%d nodes_answered=%d", topic_hex[:16], len(peers), len(results))
+
+
+@main_group.command()
+@click.option("--host", default="0.0.0.0", show_default=True, envvar=_env("DHT_HOST"), help="UDP address to bind.")
+@click.option("--port", type=click.IntRange(0, 65535), default=49737, show_default=True, envvar=_env("DHT_PORT"), help="UDP port.")
+@click.option(
+    "--bootstrap", "bootstrap", multiple=True, type=CommaList(), envvar=_env("BOOTSTRAP"), metavar="HOST:PORT",
+    help="Nodes to join (default: the public Hyperswarm network).",
+)
+@click.option("--bootstrapMode", "bootstrap_mode", is_flag=True, envvar=_env("BOOTSTRAP_MODE"), help="Start a new network: join nobody, be its first node.")
+@click.option("--publicAddress", "public_address", default=None, metavar="IP:PORT", envvar=_env("PUBLIC_ADDRESS"), help="Address other nodes reach this one at.")
+async def dht(host: str, port: int, bootstrap: tuple[str, ...], bootstrap_mode: bool, public_address: str | None) -> None:
+    """Run a persistent DHT node (bootstrap node with --bootstrapMode)."""
+    from .dht.encoding import Address
+    from .dht.node import DHTNode
+    from .dht.node import NodeConfig as DhtConfig
+
+    public = None
+    if public_address:
+        address = parse_peer_address(public_address)
+        public = Address(address.host, address.port)
+    config = DhtConfig(
+        bootstrap=() if bootstrap_mode else _bootstrap_list(bootstrap),
+        host=host, port=port, ephemeral=False, firewalled=False, public_address=public,
+    )
+    node = DHTNode(config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        log.info("event=dht_node_running address=%s bootstrap_mode=%s", node.address, bootstrap_mode)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                break
+        nursery.cancel_scope.cancel()
 
 
 @main_group.command()

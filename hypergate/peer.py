@@ -14,7 +14,7 @@ import trio
 
 from . import limits
 from .crypto.keys import LinkIdentity, RouterKeys
-from .crypto.secure_link import establish_link
+from .crypto.secure_link import SecureLink, establish_link
 from .errors import HandshakeError
 from .mux.channel import Channel
 from .mux.session import MuxSession
@@ -83,12 +83,9 @@ async def run_peer(
     *,
     identity: LinkIdentity,
     router_keys: RouterKeys,
-    my_hello: Hello,
-    hooks: RoleHooks,
-    admit,  # Callable[[PeerConnection], str | None]: None admits, else the reason to refuse
-    release,  # Callable[[PeerConnection], None]
+    **kwargs,
 ) -> None:
-    """Handshake and serve one peer until its link ends. Never raises for peer faults."""
+    """Handshake over `stream`, then serve the peer (see `run_link`)."""
     try:
         link = await establish_link(
             stream, initiator=peer.initiator, identity=identity, router=router_keys
@@ -99,6 +96,19 @@ async def run_peer(
         await trio.aclose_forcefully(stream)
         peer.finished.set()
         return
+    await run_link(peer, link, **kwargs)
+
+
+async def run_link(
+    peer: PeerConnection,
+    link: SecureLink,
+    *,
+    my_hello: Hello,
+    hooks: RoleHooks,
+    admit,  # Callable[[PeerConnection], str | None]: None admits, else the reason to refuse
+    release,  # Callable[[PeerConnection], None]
+) -> None:
+    """Serve one authenticated link until it ends. Never raises for peer faults."""
     peer.remote_key = link.remote_static
     hello_received = trio.Event()
     admitted = False

@@ -21,7 +21,8 @@ import trio
 from . import limits
 from .crypto.keys import LinkIdentity, RouterKeys
 from .errors import ConfigError
-from .peer import PeerConnection, RoleHooks, run_peer
+from .crypto.secure_link import SecureLink
+from .peer import PeerConnection, RoleHooks, run_link, run_peer
 from .wire.messages import PROTOCOL_VERSION, Hello
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,10 @@ class Router:
         self.peers: dict[bytes, PeerConnection] = {}  # admitted links by remote key
         self.listening_port: int | None = None
         self._nursery: trio.Nursery | None = None
+        # Set by the DHT rendezvous: (stream, address) -> (stream or None, resumed link or None).
+        self.resume_link = None
+        # Called when an admitted link ends (discovery looks again sooner).
+        self.lost_listeners: list = []
 
     @property
     def public_key(self) -> bytes:
@@ -110,21 +115,28 @@ class Router:
     def _release(self, peer: PeerConnection) -> None:
         if self.peers.get(peer.remote_key) is peer:
             del self.peers[peer.remote_key]
+        for listener in self.lost_listeners:
+            listener()
 
     async def serve_stream(self, stream: trio.abc.Stream, address: str, *, initiator: bool) -> PeerConnection:
-        """Run one peer link over an established byte stream until it ends."""
+        """Handshake over a fresh byte stream, then run the peer link until it ends."""
         peer = PeerConnection(address, initiator)
         await run_peer(
-            peer,
-            stream,
-            identity=self.identity,
-            router_keys=self.keys,
-            my_hello=self.hello,
-            hooks=self.hooks,
-            admit=self._admit,
-            release=self._release,
+            peer, stream, identity=self.identity, router_keys=self.keys, **self._link_hooks()
         )
         return peer
+
+    async def serve_link(self, link: SecureLink, address: str) -> PeerConnection:
+        """Run a link whose handshake happened elsewhere (relayed through the DHT)."""
+        peer = PeerConnection(address, link.initiator)
+        await run_link(peer, link, **self._link_hooks())
+        return peer
+
+    def _link_hooks(self) -> dict:
+        return {"my_hello": self.hello, "hooks": self.hooks, "admit": self._admit, "release": self._release}
+
+    def is_connected_to(self, noise_public_key: bytes) -> bool:
+        return noise_public_key in self.peers
 
     # --- direct mode: listen and dial -----------------------------------------------
 
@@ -146,6 +158,15 @@ class Router:
             address = str(PeerAddress(host, port))
         except OSError:
             address = "?"
+        if self.resume_link is not None:
+            # A client that did its handshake through DHT relays announces the session
+            # instead of starting a new handshake.
+            stream, link = await self.resume_link(stream, address)
+            if link is not None:
+                await self.serve_link(link, address)
+                return
+            if stream is None:
+                return
         await self.serve_stream(stream, address, initiator=False)
 
     async def _dial_forever(self, address: PeerAddress) -> None:

@@ -232,8 +232,12 @@ class DHTNode:
         raise DHTError("no free transaction id")
 
     async def send(self, data: bytes, to: Address, sock: trio.socket.SocketType | None = None) -> None:
+        sock = sock or self.request_socket
+        if sock is None:
+            # Shutting down (a shielded unannounce may outlive our sockets).
+            raise DHTError("the DHT node is not running")
         try:
-            await (sock or self.request_socket).sendto(data, (to.host, to.port))
+            await sock.sendto(data, (to.host, to.port))
         except OSError as exc:
             # ICMP errors and unroutable peers surface as timeouts of the request.
             self.stats["send_errors"] += 1

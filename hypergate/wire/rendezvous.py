@@ -1,0 +1,82 @@
+"""What our peers put in the opaque `noise` field of relayed PEER_HANDSHAKE messages (sans-IO).
+
+The link's Noise XX handshake has three messages; a DHT relay carries one
+request/response pair at a time, so a connection takes two relayed exchanges:
+
+    client -> server   OPEN     session id, XX message 1
+    server -> client   REPLY    session id, XX message 2
+    client -> server   FINISH   session id, XX message 3
+    server -> client   READY    session id, where to reach the server (JSON)
+
+Relays see these bytes only as an opaque buffer. The server answers FINISH only once
+message 3 has proven the router secret, so its addresses reach authenticated peers only.
+The client then opens a TCP connection to one of them and sends `RESUME_MAGIC || session
+id`; both ends continue with the transport keys of the relayed handshake.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+
+import attrs
+
+from ..errors import ProtocolError
+
+MAGIC = b"HGR1"
+RESUME_MAGIC = b"HGS1"
+SESSION_ID_SIZE = 16
+_HEAD = struct.Struct(">4sB16s")
+# Each relayed datagram must stay under ~1.2 KB (Node relays drop > 2048 bytes).
+MAX_BODY = 1024
+
+
+class RendezvousError(ProtocolError):
+    """A relayed handshake message that is not ours or not well formed."""
+
+
+class Step(enum.IntEnum):
+    OPEN = 1
+    REPLY = 2
+    FINISH = 3
+    READY = 4
+
+
+@attrs.frozen
+class RendezvousMessage:
+    step: Step
+    session_id: bytes
+    body: bytes
+
+    def encode(self) -> bytes:
+        if len(self.body) > MAX_BODY:
+            raise ValueError(f"rendezvous body of {len(self.body)} bytes is too large")
+        return _HEAD.pack(MAGIC, self.step, self.session_id) + self.body
+
+
+def decode(data: bytes) -> RendezvousMessage:
+    if len(data) < _HEAD.size or data[:4] != MAGIC:
+        raise RendezvousError("not a hypergate rendezvous message")
+    _, raw_step, session_id = _HEAD.unpack_from(data)
+    try:
+        step = Step(raw_step)
+    except ValueError:
+        raise RendezvousError(f"unknown rendezvous step {raw_step}") from None
+    body = data[_HEAD.size :]
+    if len(body) > MAX_BODY:
+        raise RendezvousError("rendezvous body too large")
+    return RendezvousMessage(step, session_id, body)
+
+
+def encode_addresses(addresses: list[tuple[str, int]]) -> bytes:
+    return json.dumps({"tcp": [[host, port] for host, port in addresses]}, separators=(",", ":")).encode()
+
+
+def decode_addresses(body: bytes) -> list[tuple[str, int]]:
+    try:
+        data = json.loads(body)
+        addresses = [(str(host), int(port)) for host, port in data["tcp"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RendezvousError(f"bad address list: {exc}") from None
+    return [(h, p) for h, p in addresses if 0 < p < 65536][:16]

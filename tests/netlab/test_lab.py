@@ -89,6 +89,10 @@ def test_builds_and_removes_everything(make_lab):
     assert "masquerade random,fully-random" in lab.exec("nb", "nft", "list", "ruleset").stdout
     # Addresses exist only inside the lab's namespaces.
     assert lab.bootstrap_address in lab.exec("public", "ip", "-4", "addr").stdout
+    with pytest.raises(LabError, match="failed"):
+        lab.exec("alice", "false")
+    with pytest.raises(LabError, match="no NAT router"):
+        lab.flush_conntrack("open")
     lab.close()
     assert not set(lab.namespaces) & namespaces()
     assert {n for n in namespaces() - before if n.startswith(PREFIX)} == set()

@@ -29,8 +29,10 @@ from .routes import ExposurePolicy, GateKey, RouteTable
 
 log = logging.getLogger(__name__)
 
-# A gate whose port cannot be bound (in use, no permission) is retried this often.
-GATE_RETRY_S = 30.0
+# A gate whose port cannot be bound (in use, no permission, an address not up yet, as a
+# Podman bridge before its first container) is retried with backoff up to this.
+GATE_RETRY_MIN_S = 1.0
+GATE_RETRY_MAX_S = 30.0
 # Datagrams of a new UDP flow kept while its channel opens; more are dropped.
 UDP_PENDING_DATAGRAMS = 64
 
@@ -118,6 +120,7 @@ class Gateway:
     async def _run_gate(self, key: GateKey, scope: trio.CancelScope) -> None:
         with scope:
             try:
+                retry_s = GATE_RETRY_MIN_S
                 while True:
                     try:
                         if key.protocol == "udp":
@@ -127,9 +130,10 @@ class Gateway:
                     except OSError as exc:
                         log.error(
                             "gate=%s event=gate_listen_failed host=%s error=%r retry_in=%gs",
-                            key, self.listen_host, exc.strerror or str(exc), GATE_RETRY_S,
+                            key, self.listen_host, exc.strerror or str(exc), retry_s,
                         )
-                    await trio.sleep(GATE_RETRY_S)
+                    await trio.sleep(retry_s)
+                    retry_s = min(retry_s * 2, GATE_RETRY_MAX_S)
             finally:
                 if self.open_gates.pop(key, None) is not None:
                     log.info("gate=%s event=gate_closed", key)

@@ -1,17 +1,20 @@
-"""Shaping benchmark: a real loopback transfer through a relay that applies the Shaper.
+"""Shaping benchmark: a real loopback transfer through hypergate with an ingress policy.
 
     .venv/bin/python -m bench.shaping                 # 10, 50, 200 Mbit/s, 3 s each
     .venv/bin/python -m bench.shaping --seconds 5 --limits 10,50 --json out.json
+    .venv/bin/python -m bench.shaping --through relay # the Shaper alone, in a trio relay
 
-A client sends as fast as it can to a small trio relay, which forwards to a sink and
-shapes the client->sink direction with `Shaper` exactly as a channel pump would (read at
-most `max_chunk`, `await wait_for(n)`, forward). The sink counts what arrives. The
-table shows, for each limit, the configured rate beside the measured one, also with the
-initial burst (one second's worth, as with no `burstMbps`) taken out, and an unshaped
-relay in the same run as the baseline. Run time is bounded: `seconds` per row.
+By default each row runs a real provider (with `--ingressPolicy` setting
+`defaults.bandwidthLimit.mbps` to the row's limit) and a real gateway, and a client sends
+as fast as it can through the gate to a sink that counts what arrives. The first row is
+the same tunnel without a policy, as the baseline of the same run. The table shows, for
+each limit, the configured rate beside the measured one, also with the initial burst
+(one second's worth, as with no `burstMbps`) taken out. Run time is bounded: `seconds`
+per row (plus process start-up).
 
-The relay stands in for a tunnel channel; the lead will switch it to run through
-hypergate itself.
+`--through relay` measures the Shaper on its own: a small trio relay shapes the
+client->sink direction exactly as a channel pump does (read at most `max_chunk`,
+`await wait_for(n)`, forward).
 """
 
 from __future__ import annotations
@@ -47,6 +50,79 @@ async def shaped_pump(source: trio.abc.ReceiveStream, dest: trio.abc.SendStream,
         await dest.send_all(data)
 
 
+class _Tunnel:
+    """A provider (with the row's policy) and a gateway on loopback, direct mode."""
+
+    def __init__(self, sink_port: int, limit: BandwidthLimit | None) -> None:
+        import subprocess
+
+        from bench.lib.hypergate_target import hypergate_command
+        from bench.lib.procs import free_port
+
+        command = hypergate_command()
+        secret = subprocess.run([*command, "--new"], capture_output=True, text=True, check=True).stdout.strip()
+        self.gate_port, peer_port = free_port(), free_port()
+        services = json.dumps([{"gatePort": self.gate_port, "serviceHost": "127.0.0.1", "servicePort": sink_port}])
+        policy = ["--ingressPolicy", json.dumps({"defaults": {"bandwidthLimit": {"mbps": limit.mbps}}})] if limit else []
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        self.processes = [
+            subprocess.Popen([*command, "--router", secret, "--provider", services, "--peerPort", str(peer_port),
+                              "--peerHost", "127.0.0.1", "--fingerprintResolverPort", "0", *policy], **quiet),
+            subprocess.Popen([*command, "--router", secret, "--gateway", "--peer", f"127.0.0.1:{peer_port}"], **quiet),
+        ]
+
+    async def wait_open(self, timeout: float = 30.0) -> None:
+        with trio.fail_after(timeout):
+            while True:
+                try:
+                    probe = await trio.open_tcp_stream("127.0.0.1", self.gate_port)
+                except OSError:
+                    await trio.sleep(0.1)  # gate not open yet; bounded by fail_after
+                    continue
+                await probe.aclose()
+                return
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=10)
+            except Exception:
+                process.kill()
+
+
+async def measure_through_tunnel(limit: BandwidthLimit | None, seconds: float) -> dict[str, float | None]:
+    received = [0]
+    payload = b"\0" * CHUNK
+    async with trio.open_nursery() as nursery:
+        sink_listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+        tunnel = _Tunnel(sink_listener.socket.getsockname()[1], limit)
+        try:
+            await tunnel.wait_open()
+
+            async def run_sink() -> None:
+                while True:  # the readiness probe connects first: count every connection
+                    nursery.start_soon(sink, await sink_listener.accept(), received)
+
+            nursery.start_soon(run_sink)
+            stream = await trio.open_tcp_stream("127.0.0.1", tunnel.gate_port)
+
+            async def run_client() -> None:
+                while True:
+                    await stream.send_all(payload)
+
+            start = trio.current_time()
+            nursery.start_soon(run_client)
+            await trio.sleep(seconds)
+            delivered = received[0]
+            elapsed = trio.current_time() - start
+            nursery.cancel_scope.cancel()
+        finally:
+            tunnel.stop()
+    return _row(limit, delivered, elapsed)
+
+
 async def measure_one(limit: BandwidthLimit | None, seconds: float) -> dict[str, float | None]:
     received = [0]
     payload = b"\0" * CHUNK
@@ -79,7 +155,10 @@ async def measure_one(limit: BandwidthLimit | None, seconds: float) -> dict[str,
         delivered = received[0]
         elapsed = trio.current_time() - start
         nursery.cancel_scope.cancel()
+    return _row(limit, delivered, elapsed)
 
+
+def _row(limit: BandwidthLimit | None, delivered: int, elapsed: float) -> dict[str, float | None]:
     measured = delivered * 8 / elapsed / 1e6
     row: dict[str, float | None] = {
         "limit_mbps": limit.mbps if limit else None,
@@ -105,10 +184,11 @@ def render(rows: list[dict[str, float | None]], write: Callable[[str], object]) 
         write(f"{limit:>12} {row['measured_mbps']:>10.2f} {steady:>12} {ratio:>7} {row['seconds']:>8.2f}")
 
 
-async def main_async(limits_mbps: list[float], seconds: float) -> list[dict[str, float | None]]:
-    rows = [await measure_one(None, min(seconds, 2.0))]  # unshaped baseline, same run
+async def main_async(limits_mbps: list[float], seconds: float, through: str = "tunnel") -> list[dict[str, float | None]]:
+    measure = measure_through_tunnel if through == "tunnel" else measure_one
+    rows = [await measure(None, min(seconds, 2.0))]  # unshaped baseline, same run
     for mbps in limits_mbps:
-        rows.append(await measure_one(BandwidthLimit(mbps=mbps), seconds))
+        rows.append(await measure(BandwidthLimit(mbps=mbps), seconds))
     return rows
 
 
@@ -117,9 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limits", default="10,50,200", help="Mbit/s limits, comma-separated")
     parser.add_argument("--seconds", type=float, default=3.0, help="transfer time per limit")
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    parser.add_argument("--through", choices=("tunnel", "relay"), default="tunnel",
+                        help="hypergate processes (default) or the Shaper in a bare relay")
     args = parser.parse_args(argv)
     limits_mbps = [float(v) for v in args.limits.split(",") if v.strip()]
-    rows = trio.run(main_async, limits_mbps, args.seconds)
+    rows = trio.run(main_async, limits_mbps, args.seconds, args.through)
+    print(f"through: {args.through}")
     render(rows, lambda line: print(line, file=sys.stdout))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:

@@ -25,8 +25,11 @@ def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
 class HypergateProcess:
     """A `hypergate ...` child process whose stderr lines are collected as they come."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None, name: str = "") -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, name: str = "", prefix: list[str] = ()
+    ) -> None:
         self.args = args
+        self.prefix = list(prefix)  # e.g. ["ip", "netns", "exec", NS] to run in a namespace
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.name = name or " ".join(args[:3])
         self.lines: list[str] = []
@@ -36,7 +39,7 @@ class HypergateProcess:
 
     async def start(self, nursery: trio.Nursery) -> HypergateProcess:
         self.process = await trio.lowlevel.open_process(
-            HYPERGATE + self.args,
+            self.prefix + HYPERGATE + self.args,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -100,8 +103,10 @@ class Cluster:
         self.nursery = nursery
         self.processes: list[HypergateProcess] = []
 
-    async def start(self, *args: str, env: dict[str, str] | None = None, name: str = "") -> HypergateProcess:
-        proc = HypergateProcess(list(args), env, name)
+    async def start(
+        self, *args: str, env: dict[str, str] | None = None, name: str = "", prefix: list[str] = ()
+    ) -> HypergateProcess:
+        proc = HypergateProcess(list(args), env, name, prefix)
         self.processes.append(proc)
         return await proc.start(self.nursery)
 

@@ -46,6 +46,7 @@ LOOKUP_INTERVALS_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 TOPIC_REANNOUNCE_S = 300.0
 RELAYED_STEP_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5.0
+CONNECT_STAGGER_S = 0.25
 # A peer we failed to reach is left alone this long before the next try.
 DIAL_BACKOFF_S = 30.0
 
@@ -219,13 +220,28 @@ class DhtRendezvous:
         return answer
 
     async def _open_direct(self, addresses: list[tuple[str, int]]) -> trio.SocketStream | None:
-        for host, port in addresses:
+        """Try the peer's addresses in order, each started CONNECT_STAGGER_S after the one
+        before (a NAT's public address may silently drop us while the LAN one works)."""
+        winner: trio.SocketStream | None = None
+
+        async def attempt(host: str, port: int, delay: float, nursery: trio.Nursery) -> None:
+            nonlocal winner
+            await trio.sleep(delay)
             try:
                 with trio.fail_after(CONNECT_TIMEOUT_S):
-                    return await trio.open_tcp_stream(host, port)
+                    stream = await trio.open_tcp_stream(host, port)
             except (OSError, trio.TooSlowError):
-                continue
-        return None
+                return
+            if winner is None:
+                winner = stream
+                nursery.cancel_scope.cancel()
+            else:
+                await trio.aclose_forcefully(stream)
+
+        async with trio.open_nursery() as nursery:
+            for index, (host, port) in enumerate(addresses):
+                nursery.start_soon(attempt, host, port, index * CONNECT_STAGGER_S, nursery)
+        return winner
 
     # --- serving relayed handshakes -------------------------------------------------
 

@@ -1,0 +1,119 @@
+"""Hypergate itself in the NAT lab: peers behind NATs find each other on a DHT that runs on
+the lab's "internet", and carry HTTP and a SHA-256-checked bulk transfer end to end.
+
+Cases with a direct path (one side public, both behind one NAT) work today. Cases that
+need hole punching or a relay are not built yet (issue #4)."""
+
+from __future__ import annotations
+
+import sys
+
+import trio
+
+from tests.procs import free_port
+
+DHT_PORT = 49737
+ECHO_PORT = 7000
+HTTP_PORT = 8000
+
+# Runs in the provider's namespace: an echo service and a static HTTP page.
+ECHO_SERVER = f"""
+import socketserver
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        while True:
+            data = self.request.recv(262144)
+            if not data:
+                break
+            self.request.sendall(data)
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer(("127.0.0.1", {ECHO_PORT}), Echo).serve_forever()
+"""
+
+# Runs in the gateway's namespace: sends random bytes through the gate, checks the echo.
+BULK_CLIENT = """
+import hashlib, os, socket, sys, threading
+port, size = int(sys.argv[1]), int(sys.argv[2])
+payload = os.urandom(size)
+sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+def upload():
+    sock.sendall(payload)
+    sock.shutdown(socket.SHUT_WR)
+threading.Thread(target=upload).start()
+received = hashlib.sha256()
+total = 0
+while True:
+    data = sock.recv(262144)
+    if not data:
+        break
+    received.update(data)
+    total += len(data)
+print("OK" if received.digest() == hashlib.sha256(payload).digest() else f"MISMATCH {total}")
+"""
+
+
+async def start_dht_network(lab, cluster) -> str:
+    """Three persistent DHT nodes on the lab's internet; returns the bootstrap address."""
+    bootstrap = f"{lab.bootstrap_address}:{DHT_PORT}"
+    first = await cluster.start(
+        "dht", "--bootstrapMode", "--host", lab.bootstrap_address, "--port", str(DHT_PORT),
+        prefix=lab.argv("public"), name="dht-0",
+    )
+    await first.wait_for("event=dht_node_running")
+    for index, address in enumerate(lab.internet_addresses[1:3], start=1):
+        node = await cluster.start(
+            "dht", "--host", address, "--port", str(DHT_PORT), "--bootstrap", bootstrap,
+            prefix=lab.argv("public"), name=f"dht-{index}",
+        )
+        await node.wait_for("event=dht_node_running")
+    return bootstrap
+
+
+async def run_case(lab, cluster, provider_host: str, gateway_host: str):
+    bootstrap = await start_dht_network(lab, cluster)
+    lab.popen(provider_host, [sys.executable, "-c", ECHO_SERVER])
+    lab.popen(provider_host, [sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind", "127.0.0.1"])
+    gate_http, gate_echo = free_port(), free_port()
+    secret = (await trio.run_process([sys.executable, "-m", "hypergate", "--new"], capture_stdout=True)).stdout.decode().strip()
+    services = (
+        f'[{{"gatePort":{gate_http},"serviceHost":"127.0.0.1","servicePort":{HTTP_PORT}}},'
+        f'{{"gatePort":{gate_echo},"serviceHost":"127.0.0.1","servicePort":{ECHO_PORT}}}]'
+    )
+    provider = await cluster.start(
+        "--router", secret, "--provider", services, "--bootstrap", bootstrap, "--fingerprintResolverPort", "0",
+        prefix=lab.argv(provider_host), name=f"provider@{provider_host}",
+    )
+    gateway = await cluster.start(
+        "--router", secret, "--gateway", "--bootstrap", bootstrap,
+        prefix=lab.argv(gateway_host), name=f"gateway@{gateway_host}",
+    )
+    start = trio.current_time()
+    await gateway.wait_for(rf"gate={gate_echo}/tcp event=gate_open", timeout=90)
+    connected_after = trio.current_time() - start
+
+    page = await trio.to_thread.run_sync(
+        lambda: lab.exec(gateway_host, "curl", "-sS", "-m", "20", f"http://127.0.0.1:{gate_http}/", check=False)
+    )
+    assert page.returncode == 0 and "Directory listing" in page.stdout, page.stderr
+    bulk = await trio.to_thread.run_sync(
+        lambda: lab.exec(gateway_host, sys.executable, "-c", BULK_CLIENT, str(gate_echo), str(8 * 1024 * 1024),
+                         check=False, timeout=120)
+    )
+    assert bulk.stdout.strip() == "OK", (bulk.stdout, bulk.stderr)
+    return provider, gateway, connected_after
+
+
+async def test_provider_behind_consistent_nat_gateway_public(make_lab, cluster):
+    lab = make_lab({"home": ("consistent", ["provider"]), "dc": ("none", ["gateway"])})
+    provider, gateway, _ = await run_case(lab, cluster, "provider", "gateway")
+    # The provider, which can reach the public gateway, is the one whose dial succeeded.
+    assert provider.find("event=handshake_relayed")
+    assert provider.find("event=peer_connected .*initiator=True")
+
+
+async def test_both_behind_the_same_nat_use_the_lan_path(make_lab, cluster):
+    lab = make_lab({"office": ("consistent", ["provider", "gateway"])})
+    provider, gateway, _ = await run_case(lab, cluster, "provider", "gateway")
+    lan_prefix = lab.host("provider").address.rsplit(".", 1)[0] + "."
+    connected = provider.find("event=peer_connected") + gateway.find("event=peer_connected")
+    assert connected and all(f"@{lan_prefix}" in line for line in connected), connected

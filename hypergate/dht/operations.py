@@ -74,14 +74,18 @@ async def run_query(
     value: bytes | None = None,
     background: bool = False,
     on_reply: Callable[[QueryReply], None] | None = None,
+    on_query: Callable[[IterativeQuery], None] | None = None,
 ) -> list[QueryReply]:
     """Walk towards `target`; returns the closest replies with a valid id (the commit set).
 
-    `on_reply` sees every successful reply as it arrives, closest or not.
+    `on_reply` sees every successful reply as it arrives, closest or not; `on_query`
+    gets the query once created, to read its statistics (visits, hops) afterwards.
     """
     node.refresh_ticks = DHT_REFRESH_TICKS  # any query counts as a refresh
     concurrency = BACKGROUND_CONCURRENCY if background else node.config.concurrency
     query = IterativeQuery(target, node.id or node.table.id, _start_set(node, target), concurrency=concurrency)
+    if on_query is not None:
+        on_query(query)
     send_results, receive_results = trio.open_memory_channel(float("inf"))
 
     async def visit(candidate: Candidate) -> None:

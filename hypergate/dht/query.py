@@ -4,6 +4,11 @@ The driver asks `next_visits()` whom to send the request to, and reports each ou
 with `on_response`, `on_slow` (first retransmit) or `on_timeout`. The query keeps the
 k closest replies that carried a valid id; when `finished` is true the driver commits
 (e.g. ANNOUNCE with each reply's token) to `closest_replies`.
+
+Statistics for benchmarks (they change nothing): `visits` counts the nodes asked; the
+referral depth of a node is 1 for the start set (our own table) and one more than the
+shallowest reply that named it; `hops` is the deepest of the final closest replies (the
+step at which the closest set stabilised), `hops_to_closest` that of the closest one.
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ class IterativeQuery:
         self._visits = 0
         self._inflight = 0
         self._slow = 0
+        self._depth: dict[Address, int] = {}  # referral depth, statistics only
         # address -> referrers (pending/in flight), or DONE/DOWN once visited
         self._seen: dict[Address, list[Address] | _Seen] = {}
         self._pending: list[Candidate] = []  # a LIFO stack, as in dht-rpc
@@ -87,6 +93,26 @@ class IterativeQuery:
     @property
     def inflight(self) -> int:
         return self._inflight
+
+    @property
+    def visits(self) -> int:
+        """Nodes the query sent its request to (each counted once, resends aside)."""
+        return self._visits
+
+    @property
+    def hops(self) -> int:
+        """Deepest referral depth among the closest replies (0 before any)."""
+        return max((self._depth.get(r.address, 0) for r in self.closest_replies), default=0)
+
+    @property
+    def hops_to_closest(self) -> int:
+        """Referral depth of the closest reply (0 before any)."""
+        return self._depth.get(self.closest_replies[0].address, 0) if self.closest_replies else 0
+
+    def _note_depth(self, address: Address, referrer: Address | None) -> None:
+        depth = 1 if referrer is None else self._depth.get(referrer, 0) + 1
+        if depth < self._depth.get(address, depth + 1):
+            self._depth[address] = depth
 
     @property
     def finished(self) -> bool:
@@ -109,9 +135,11 @@ class IterativeQuery:
         if seen is not None:
             if referrer is not None:
                 seen.append(referrer)
+            self._note_depth(candidate.address, referrer)
             return closer, []
         if not closer:
             return False, []
+        self._note_depth(candidate.address, referrer)
         self._seen[candidate.address] = [referrer] if referrer else []
         self._pending.append(candidate)
         return True, []

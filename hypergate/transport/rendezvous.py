@@ -47,6 +47,8 @@ TOPIC_REANNOUNCE_S = 300.0
 RELAYED_STEP_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5.0
 CONNECT_STAGGER_S = 0.25
+# A punch that has not connected by then will not: the SYNs were dropped for good.
+PUNCH_TIMEOUT_S = 8.0
 # A peer we failed to reach is left alone this long before the next try.
 DIAL_BACKOFF_S = 30.0
 
@@ -82,6 +84,7 @@ class DhtRendezvous:
         self._dialing: set[bytes] = set()
         self._retry_at: dict[bytes, float] = {}
         self._lookup_now = trio.Event()
+        self._nursery: trio.Nursery | None = None
         router.resume_link = self.resume
         router.lost_listeners.append(self.peer_lost)
 
@@ -89,6 +92,7 @@ class DhtRendezvous:
         self.node.add_server(self.key_pair, self._on_handshake, None)
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 announcer = ServerAnnouncer(self.node, self.key_pair)
                 await nursery.start(announcer.run)
                 nursery.start_soon(self._announce_topic, announcer)
@@ -180,6 +184,7 @@ class DhtRendezvous:
         for relay in relays:
             session_id = os.urandom(rv.SESSION_ID_SIZE)
             handshake = NoiseHandshake(initiator=True, identity=self.router.identity, router=self.router.keys)
+            punch_sock, my_punch = await self._punch_socket()
             try:
                 with trio.fail_after(2 * RELAYED_STEP_TIMEOUT_S):
                     first = await self._exchange(public_key, relay, rv.Step.OPEN, session_id,
@@ -188,25 +193,31 @@ class DhtRendezvous:
                     third = handshake.next_outgoing()[FRAME_OVERHEAD:]
                     if handshake.result.remote_static != noise_key_of(public_key):
                         log.warning("peer=%s event=dial_refused reason='proved a key other than it announced'", name)
+                        punch_sock.close()
                         return None
-                    ready = await self._exchange(public_key, relay, rv.Step.FINISH, session_id, third, rv.Step.READY)
+                    ready = await self._exchange(public_key, relay, rv.Step.FINISH, session_id,
+                                                 rv.encode_finish(third, my_punch), rv.Step.READY)
             except HandshakeError as exc:
                 log.warning("peer=%s relay=%s event=handshake_rejected reason=%r", name, relay, str(exc))
+                punch_sock.close()
                 return None
             except (DHTError, ProtocolError, trio.TooSlowError) as exc:
                 log.info("peer=%s relay=%s event=relay_failed error=%r", name, relay, str(exc) or type(exc).__name__)
+                punch_sock.close()
                 continue
             log.info("peer=%s relay=%s event=handshake_relayed", name, relay)
-            addresses = rv.decode_addresses(ready.body)
-            stream = await self._open_direct(addresses)
+            addresses, their_punch = rv.decode_ready(ready.body)
+            stream, kind = await self._open_paths(addresses, punch_sock, their_punch)
             if stream is None:
                 log.warning(
-                    "peer=%s event=unreachable addresses=%s (hole punching is not available yet)",
-                    name, ",".join(f"{h}:{p}" for h, p in addresses),
+                    "peer=%s event=unreachable addresses=%s punch=%s",
+                    name, ",".join(f"{h}:{p}" for h, p in addresses) or "-",
+                    f"{their_punch[0]}:{their_punch[1]}" if their_punch else "-",
                 )
                 return None
             await stream.send_all(rv.RESUME_MAGIC + session_id)
             host, port = stream.socket.getpeername()[:2]
+            log.info("peer=%s event=link_path kind=%s remote=%s:%s", name, kind, host, port)
             return stream, handshake, f"{host}:{port}"
         return None
 
@@ -219,29 +230,50 @@ class DhtRendezvous:
             raise rv.RendezvousError(f"unexpected relayed answer {answer.step.name}")
         return answer
 
-    async def _open_direct(self, addresses: list[tuple[str, int]]) -> trio.SocketStream | None:
-        """Try the peer's addresses in order, each started CONNECT_STAGGER_S after the one
-        before (a NAT's public address may silently drop us while the LAN one works)."""
-        winner: trio.SocketStream | None = None
+    async def _punch_socket(self):
+        """A TCP socket bound to a port of its own, and the address the other side should
+        aim at: our public IP as DHT nodes see it, with that port (kept by consistent NATs)."""
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        await sock.bind(("0.0.0.0", 0))
+        public_host = self.node.nat.host
+        return sock, ((public_host, sock.getsockname()[1]) if public_host else None)
 
-        async def attempt(host: str, port: int, delay: float, nursery: trio.Nursery) -> None:
-            nonlocal winner
+    async def _open_paths(self, addresses, punch_sock, their_punch):
+        """Race the peer's direct addresses (staggered: a NAT's public address may silently
+        drop us while the LAN one works) against a simultaneous-open punch; the first
+        connection wins, the others are closed. Returns (stream, "direct"|"punched")."""
+        winner: list = []
+
+        async def finish(stream: trio.SocketStream, kind: str, nursery: trio.Nursery) -> None:
+            if winner:
+                await trio.aclose_forcefully(stream)
+                return
+            winner.append((stream, kind))
+            nursery.cancel_scope.cancel()
+
+        async def direct(host: str, port: int, delay: float, nursery: trio.Nursery) -> None:
             await trio.sleep(delay)
             try:
                 with trio.fail_after(CONNECT_TIMEOUT_S):
                     stream = await trio.open_tcp_stream(host, port)
             except (OSError, trio.TooSlowError):
                 return
-            if winner is None:
-                winner = stream
-                nursery.cancel_scope.cancel()
-            else:
-                await trio.aclose_forcefully(stream)
+            await finish(stream, "direct", nursery)
+
+        async def punch(nursery: trio.Nursery) -> None:
+            stream = await _simultaneous_open(punch_sock, their_punch)
+            if stream is not None:
+                await finish(stream, "punched", nursery)
 
         async with trio.open_nursery() as nursery:
             for index, (host, port) in enumerate(addresses):
-                nursery.start_soon(attempt, host, port, index * CONNECT_STAGGER_S, nursery)
-        return winner
+                nursery.start_soon(direct, host, port, index * CONNECT_STAGGER_S, nursery)
+            if their_punch is not None:
+                nursery.start_soon(punch, nursery)
+        if not winner or winner[0][1] != "punched":
+            punch_sock.close()
+        return winner[0] if winner else (None, None)
 
     # --- serving relayed handshakes -------------------------------------------------
 
@@ -277,15 +309,49 @@ class DhtRendezvous:
             if pending is None or len(self._ready) >= MAX_PENDING:
                 return None
             try:
-                pending.handshake.receive(incoming.body)
-            except HandshakeError as exc:
+                third, their_punch = rv.decode_finish(incoming.body)
+                pending.handshake.receive(third)
+            except (HandshakeError, rv.RendezvousError) as exc:
                 log.warning("peer=%s event=handshake_rejected reason=%r", message.peer_address, str(exc))
                 return None
-            body = rv.encode_addresses(self._my_addresses(message))
+            my_punch = None
+            if their_punch is not None and self._nursery is not None:
+                punch_sock, my_punch = await self._punch_socket()
+                if my_punch is None:
+                    punch_sock.close()
+                else:
+                    self._nursery.start_soon(self._punch_from_server, punch_sock, their_punch, sid)
+            body = rv.encode_addresses(self._my_addresses(message), my_punch)
             reply = rv.RendezvousMessage(rv.Step.READY, sid, body).encode()
             self._ready[sid] = _Ready(pending.handshake, reply, trio.current_time())
             return PeerReply(reply)
         return None
+
+    async def _punch_from_server(self, sock, their_punch, session_id: bytes) -> None:
+        """Our half of the simultaneous open; the client then resumes on it as on a
+        connection to our listener."""
+        stream = await _simultaneous_open(sock, their_punch)
+        if stream is None:
+            return
+        try:
+            with trio.fail_after(limits.HANDSHAKE_TIMEOUT_S):
+                header = b""
+                while len(header) < len(rv.RESUME_MAGIC) + rv.SESSION_ID_SIZE:
+                    chunk = await stream.receive_some(len(rv.RESUME_MAGIC) + rv.SESSION_ID_SIZE - len(header))
+                    if not chunk:
+                        break
+                    header += chunk
+        except (trio.BrokenResourceError, trio.TooSlowError):
+            header = b""
+        ready = self._ready.get(session_id)
+        if header != rv.RESUME_MAGIC + session_id or ready is None:
+            await trio.aclose_forcefully(stream)  # the client took another path
+            return
+        del self._ready[session_id]
+        host, port = stream.socket.getpeername()[:2]
+        log.info("peer=%s event=link_path kind=punched remote=%s:%s", message_name(ready), host, port)
+        link = SecureLink(stream, ready.handshake.result, b"", initiator=False)
+        await self.router.serve_link(link, f"{host}:{port}")
 
     def _expire(self) -> None:
         cutoff = trio.current_time() - PENDING_TTL_S
@@ -345,6 +411,25 @@ class DhtRendezvous:
             await trio.aclose_forcefully(stream)
             return None, None
         return None, SecureLink(stream, ready.handshake.result, b"", initiator=False)
+
+
+def message_name(ready: _Ready) -> str:
+    result = ready.handshake.result
+    return result.remote_static.hex()[:8] if result else "?"
+
+
+async def _simultaneous_open(sock, their_punch) -> trio.SocketStream | None:
+    """connect() from our bound punch socket to the other side's punch address. The
+    kernel retransmits the SYN; the other side does the same towards us, so once both
+    NATs have a mapping the SYNs cross and one TCP connection results."""
+    try:
+        with trio.fail_after(PUNCH_TIMEOUT_S):
+            await sock.connect(their_punch)
+    except (OSError, trio.TooSlowError):
+        sock.close()
+        return None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return trio.SocketStream(sock)
 
 
 @functools.lru_cache(maxsize=64)

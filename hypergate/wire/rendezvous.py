@@ -5,13 +5,18 @@ request/response pair at a time, so a connection takes two relayed exchanges:
 
     client -> server   OPEN     session id, XX message 1
     server -> client   REPLY    session id, XX message 2
-    client -> server   FINISH   session id, XX message 3
+    client -> server   FINISH   session id, XX message 3, the client's punch address
     server -> client   READY    session id, where to reach the server (JSON)
 
 Relays see these bytes only as an opaque buffer. The server answers FINISH only once
 message 3 has proven the router secret, so its addresses reach authenticated peers only.
 The client then opens a TCP connection to one of them and sends `RESUME_MAGIC || session
 id`; both ends continue with the transport keys of the relayed handshake.
+
+When both sides report a punch address (public IP as the DHT sees it, and the local port
+of a TCP socket bound for the purpose), both also connect from that port to the other's:
+through NATs that keep source ports (consistent), the crossing SYNs open one TCP
+connection (simultaneous open), and the client sends the same resume header on it.
 """
 
 from __future__ import annotations
@@ -69,14 +74,58 @@ def decode(data: bytes) -> RendezvousMessage:
     return RendezvousMessage(step, session_id, body)
 
 
-def encode_addresses(addresses: list[tuple[str, int]]) -> bytes:
-    return json.dumps({"tcp": [[host, port] for host, port in addresses]}, separators=(",", ":")).encode()
+Endpoint = tuple[str, int]
+_LEN = struct.Struct(">H")
 
 
-def decode_addresses(body: bytes) -> list[tuple[str, int]]:
+def encode_addresses(addresses: list[Endpoint], punch: Endpoint | None = None) -> bytes:
+    data: dict = {"tcp": [[host, port] for host, port in addresses]}
+    if punch is not None:
+        data["punch"] = list(punch)
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def decode_addresses(body: bytes) -> list[Endpoint]:
+    return decode_ready(body)[0]
+
+
+def decode_ready(body: bytes) -> tuple[list[Endpoint], Endpoint | None]:
+    """(direct addresses, punch address or None) from a READY body."""
     try:
         data = json.loads(body)
         addresses = [(str(host), int(port)) for host, port in data["tcp"]]
+        punch = _endpoint(data.get("punch"))
     except (ValueError, KeyError, TypeError) as exc:
         raise RendezvousError(f"bad address list: {exc}") from None
-    return [(h, p) for h, p in addresses if 0 < p < 65536][:16]
+    return [(h, p) for h, p in addresses if 0 < p < 65536][:16], punch
+
+
+def encode_finish(message3: bytes, punch: Endpoint | None) -> bytes:
+    info = json.dumps({"punch": list(punch)} if punch else {}, separators=(",", ":")).encode()
+    return _LEN.pack(len(message3)) + message3 + info
+
+
+def decode_finish(body: bytes) -> tuple[bytes, Endpoint | None]:
+    """(XX message 3, the client's punch address or None) from a FINISH body."""
+    if len(body) < _LEN.size:
+        raise RendezvousError("truncated FINISH")
+    (length,) = _LEN.unpack_from(body)
+    message3 = body[_LEN.size : _LEN.size + length]
+    if len(message3) != length:
+        raise RendezvousError("truncated FINISH")
+    info = body[_LEN.size + length :]
+    try:
+        punch = _endpoint(json.loads(info).get("punch")) if info else None
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise RendezvousError(f"bad punch address: {exc}") from None
+    return message3, punch
+
+
+def _endpoint(value) -> Endpoint | None:
+    if not value:
+        return None
+    host, port = value
+    port = int(port)
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range")
+    return str(host), port

@@ -117,3 +117,10 @@ async def test_both_behind_the_same_nat_use_the_lan_path(make_lab, cluster):
     lan_prefix = lab.host("provider").address.rsplit(".", 1)[0] + "."
     connected = provider.find("event=peer_connected") + gateway.find("event=peer_connected")
     assert connected and all(f"@{lan_prefix}" in line for line in connected), connected
+
+
+async def test_both_behind_consistent_nats_punch_a_direct_path(make_lab, cluster):
+    lab = make_lab({"home": ("consistent", ["provider"]), "office": ("consistent", ["gateway"])})
+    provider, gateway, _ = await run_case(lab, cluster, "provider", "gateway")
+    paths = provider.find("event=link_path") + gateway.find("event=link_path")
+    assert paths and all("kind=punched" in line for line in paths), paths

@@ -7,6 +7,7 @@ stream (direct TCP today; hole-punched or relayed streams later).
 from __future__ import annotations
 
 import logging
+import os
 
 import trio
 
@@ -14,7 +15,7 @@ from .. import limits
 from ..errors import HandshakeError, ProtocolError
 from .handshake import FRAME_OVERHEAD, HandshakeResult, NoiseHandshake, parse_frame_header
 from .keys import LinkIdentity, RouterKeys
-from .records import MAX_PLAINTEXT, RecordOpener, RecordSealer
+from .records import LENGTH_SIZE, MAX_PLAINTEXT, RecordOpener, RecordSealer, record_length
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,20 @@ class _BufferedReader:
 
 
 class SecureLink:
-    """An authenticated, encrypted, record-oriented duplex link to one peer."""
+    """An authenticated, encrypted, record-oriented duplex link to one peer.
+
+    Sending: `send_now` seals a record and writes what the socket takes at once, without
+    a trio checkpoint (so a small message costs no task switch); the rest waits in
+    `pending` until `flush` (or `send_record`, which does both) sends it. Only one
+    record is ever pending, and nothing new is sealed until it is gone, because the
+    sealer reuses its buffer.
+
+    Receiving: records land in one preallocated buffer by `recv_into`; once a record's
+    length is known, exactly its remaining bytes are read, so a record never straddles a
+    refill and is decrypted in place (no reassembly copies).
+    """
+
+    max_plaintext = MAX_PLAINTEXT
 
     def __init__(
         self, stream: trio.abc.Stream, result: HandshakeResult, leftover: bytes, initiator: bool
@@ -54,34 +68,109 @@ class SecureLink:
         self.initiator = initiator
         self._sealer = RecordSealer(result.send_key)
         self._opener = RecordOpener(result.recv_key)
-        self._leftover = leftover
+        # Direct socket access (send without a checkpoint, recv_into) needs a socket; any
+        # other stream (memory streams in tests, future relays) takes the generic path.
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self.pending: memoryview | None = None
+        # Room for one large read plus the longest record that may start at its end.
+        self._rbuf = memoryview(bytearray(RECEIVE_SIZE + 2 * LENGTH_SIZE + limits.MAX_RECORD_SIZE))
+        if len(leftover) > RECEIVE_SIZE:
+            raise HandshakeError("peer sent too much data before the handshake finished")
+        self._rbuf[: len(leftover)] = leftover
+        self._start = 0
+        self._end = len(leftover)
         self.bytes_sent = 0
-        self.bytes_received = 0
+        self.bytes_received = len(leftover)
 
-    max_plaintext = MAX_PLAINTEXT
+    # --- sending --------------------------------------------------------------------
 
-    async def send_record(self, plaintext: bytes) -> None:
-        record = self._sealer.seal(plaintext)
+    @property
+    def can_send_now(self) -> bool:
+        return self._socket is not None and self.pending is None
+
+    def send_now(self, plaintext: bytes | bytearray | memoryview) -> None:
+        """Seal and write without waiting (requires `can_send_now`); what the socket does
+        not take stays in `pending`. Raises OSError when the link is broken or closed."""
+        assert self.pending is None and self._socket is not None
+        fd = self._socket.fileno()
+        if fd < 0:  # closed: never write to a descriptor number that may be reused
+            raise trio.ClosedResourceError("the link is closed")
+        record = self._sealer.seal_into(plaintext)
         self.bytes_sent += len(record)
-        await self.stream.send_all(record)
+        try:
+            written = os.write(fd, record)
+        except BlockingIOError:
+            written = 0
+        if written < len(record):
+            self.pending = record[written:]
+
+    async def flush(self) -> None:
+        """Send the rest of a partly written record, if any."""
+        if self.pending is not None:
+            await self.stream.send_all(self.pending)
+            self.pending = None
+
+    async def send_record(self, plaintext: bytes | bytearray | memoryview) -> None:
+        await self.flush()
+        if self._socket is not None:
+            self.send_now(plaintext)
+            await self.flush()
+        else:
+            record = bytes(self._sealer.seal_into(plaintext))
+            self.bytes_sent += len(record)
+            await self.stream.send_all(record)
+
+    # --- receiving ------------------------------------------------------------------
+
+    def _open_buffered(self) -> list[bytes]:
+        """Decrypt every complete record in the buffer; keep a partial one."""
+        buf, pos, end = self._rbuf, self._start, self._end
+        records: list[bytes] = []
+        while end - pos >= LENGTH_SIZE:
+            stop = pos + LENGTH_SIZE + record_length(buf, pos)
+            if stop > end:
+                break
+            records.append(self._opener.open(buf[pos : pos + LENGTH_SIZE], buf[pos + LENGTH_SIZE : stop]))
+            pos = stop
+        if pos == end:
+            pos = end = 0
+        elif end - pos < LENGTH_SIZE or pos + LENGTH_SIZE + record_length(buf, pos) > len(buf):
+            # A partial length, or a record that would not fit: move it to the front
+            # (at most one read's worth, and rare: reads stop at record ends).
+            buf[: end - pos] = buf[pos:end]
+            pos, end = 0, end - pos
+        self._start, self._end = pos, end
+        return records
+
+    def _wanted(self) -> int:
+        """Bytes to read next: the rest of a record whose length is known, else a big read."""
+        have = self._end - self._start
+        if have >= LENGTH_SIZE:
+            return LENGTH_SIZE + record_length(self._rbuf, self._start) - have
+        return RECEIVE_SIZE
+
+    async def _fill(self, n: int) -> int:
+        target = self._rbuf[self._end : self._end + n]
+        if self._socket is not None:
+            got = await self._socket.recv_into(target, n)
+        else:
+            chunk = await self.stream.receive_some(n)
+            got = len(chunk)
+            target[:got] = chunk
+        self._end += got
+        self.bytes_received += got
+        return got
 
     async def receive_records(self) -> list[bytes]:
         """The next decrypted records (at least one), or [] when the peer closed cleanly."""
-        if self._leftover:
-            data, self._leftover = self._leftover, b""
-            records = self._opener.feed(data)
+        while True:
+            records = self._open_buffered()
             if records:
                 return records
-        while True:
-            data = await self.stream.receive_some(RECEIVE_SIZE)
-            if not data:
-                if self._opener.pending_bytes != 4:
+            if not await self._fill(self._wanted()):
+                if self._end != self._start:
                     raise ProtocolError("peer closed the link in the middle of a record")
                 return []
-            self.bytes_received += len(data)
-            records = self._opener.feed(data)
-            if records:
-                return records
 
     async def aclose(self) -> None:
         await self.stream.aclose()

@@ -62,8 +62,10 @@ class Channel:
 
     # --- receiving ------------------------------------------------------------------
 
-    async def receive(self) -> bytes:
-        """The next chunk of data; b"" once the peer half-closed. Raises ChannelReset."""
+    async def receive(self) -> bytes | memoryview:
+        """The next chunk of data; b"" once the peer half-closed. Raises ChannelReset.
+
+        Bulk data comes as a read-only memoryview into the decrypted record (no copy)."""
         while not self._inbox:
             if self.reset_reason is not None:
                 raise ChannelReset(self.reset_reason)
@@ -86,8 +88,14 @@ class Channel:
     # --- sending --------------------------------------------------------------------
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue all of `data` for the peer, waiting for window credit as needed."""
+        """Queue all of `data` for the peer, waiting for window credit as needed.
+
+        Immutable data (bytes, read-only views) is queued without a copy: the writer
+        copies it once, into the record. Mutable buffers are copied first, as the caller
+        may reuse them as soon as this returns."""
         view = memoryview(data)
+        if not view.readonly:
+            view = memoryview(bytes(view))
         while view:
             self._check_sendable()
             n = self.session._reserve_send(self, len(view))
@@ -95,7 +103,7 @@ class Channel:
                 await self._wait_for_credit()
                 continue
             self.bytes_out += n
-            self.session._queue_data(self, bytes(view[:n]))
+            self.session._queue_data(self, view[:n])  # a view: no copy
             view = view[n:]
             # Backpressure: at most a couple of frames wait for the writer per channel.
             while self.session.queued_for(self) > CHANNEL_WRITE_QUEUE and self.reset_reason is None:

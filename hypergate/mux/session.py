@@ -1,10 +1,15 @@
 """The multiplexer session over one secure link: a reader, a writer and a keepalive task,
 and one task per incoming channel, all in the session's nursery.
 
-Writing: one writer task owns the link. Control frames (window updates, opens, accepts,
-resets, pings, messages) go first; then data frames, one per channel in turn, so a bulk
-channel cannot delay a small one by more than one frame. Frames are coalesced into
-records of up to ~1 MiB, one AEAD call each.
+Writing: control frames (window updates, opens, accepts, resets, pings, messages) go
+first; then data frames, one per channel in turn, so a bulk channel cannot delay a small
+one by more than one frame. Frames are assembled straight into one plaintext buffer (the
+only copy of the payload on our side) and sealed as one record of up to ~1 MiB.
+Whoever queues a frame while the link is idle writes it at once, without a task switch
+(`_kick`): a small message costs one record and no wakeup, which is what latency and
+connection rate need. When the socket does not take a whole record, the writer task takes
+over and coalesces everything queued meanwhile into large records, which is what bulk
+throughput needs.
 
 Reading: frames are dispatched inline; data lands in the channel's inbox, bounded by the
 channel's receive window. A peer that breaks the framing or overruns a window loses the
@@ -23,7 +28,15 @@ import trio
 from .. import limits
 from ..errors import ChannelError, ProtocolError
 from ..wire import messages as msgs
-from ..wire.frames import Flag, FrameDecoder, FrameType, GoAwayCode, encode_frame, encode_header
+from ..wire.frames import (
+    HEADER,
+    VERSION,
+    Flag,
+    FrameDecoder,
+    FrameType,
+    GoAwayCode,
+    encode_frame,
+)
 from ..wire.messages import Message, OpenRequest, ResetCode, ResetReason
 from .channel import CHANNEL_WRITE_QUEUE, Channel, ChannelReset
 from .flow import ReceiveWindow, SendWindow
@@ -55,11 +68,16 @@ class MuxSession:
         self.receive_window = ReceiveWindow(limits.SESSION_WINDOW)
         self._blocked_on_session: set[Channel] = set()
         self._control: collections.deque[bytes] = collections.deque()
-        # Per-channel outgoing frames, and the channels that have some, in turn order.
-        self._outq: dict[Channel, collections.deque[bytes]] = {}
+        # Per-channel outgoing DATA frames as (flags, payload), and the channels that have
+        # some, in turn order. Headers are written when the record is assembled.
+        self._outq: dict[Channel, collections.deque[tuple[int, bytes | memoryview]]] = {}
         self._queued: dict[Channel, int] = {}
         self._ready: collections.deque[Channel] = collections.deque()
         self._writer_wakeup = trio.Event()
+        self._plain = bytearray(link.max_plaintext)  # record assembly buffer
+        self._plain_view = memoryview(self._plain)
+        self._flushing = False  # _kick is writing (guards re-entry)
+        self._failing = False
         self._decoder = FrameDecoder()
         self.rtt: float | None = None
         self._ping_token = 0
@@ -139,10 +157,14 @@ class MuxSession:
             self._nursery.cancel_scope.cancel()
 
     def _fail(self, exc: BaseException) -> None:
+        if self.closed or self._failing:
+            return
+        self._failing = True
         log.warning("peer=%s event=session_closed reason=%r", self.name, str(exc))
         self.close_reason = str(exc)
         code = GoAwayCode.PROTOCOL_ERROR if isinstance(exc, ProtocolError) else GoAwayCode.NORMAL
         self._control.appendleft(encode_frame(FrameType.GO_AWAY, 0, value=code))
+        self._kick()  # tell the peer why, if the link still takes it
         self._terminate(ResetReason(ResetCode.LINK_CLOSED, str(exc)))
 
     # --- channels -------------------------------------------------------------------
@@ -239,33 +261,53 @@ class MuxSession:
 
     # --- writer ---------------------------------------------------------------------
 
-    def _wake_writer(self) -> None:
-        self._writer_wakeup.set()
+    def _kick(self) -> None:
+        """Something was queued: write it now if the link is idle, else wake the writer."""
+        link = self.link
+        if self._writing or self._flushing or self.closed or not link.can_send_now:
+            self._writer_wakeup.set()
+            return
+        self._flushing = True
+        try:
+            while self._control or self._ready:
+                size = self._assemble()
+                if size == 0:  # a control frame larger than a record: the writer splits it
+                    self._writer_wakeup.set()
+                    break
+                link.send_now(self._plain_view[:size])
+                if not link.can_send_now:  # the socket is full: the writer finishes
+                    self._writer_wakeup.set()
+                    break
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            if not self._failing:  # (while failing, the GO_AWAY is best effort)
+                self._fail(ConnectionError(f"link write failed: {exc}"))
+            return
+        finally:
+            self._flushing = False
+        self._progress.unpark_all()
 
     def _queue_control(self, frame: bytes) -> None:
         if self.closed:
             return
         self._control.append(frame)
-        self._wake_writer()
+        self._kick()
 
-    def _queue_channel_frame(self, channel: Channel, frame: bytes, size: int) -> None:
+    def _queue_channel_frame(self, channel: Channel, flags: int, payload: bytes | memoryview) -> None:
         queue = self._outq.get(channel)
         if queue is None:
             queue = self._outq[channel] = collections.deque()
             self._queued[channel] = 0
             self._ready.append(channel)
-        queue.append(frame)
-        self._queued[channel] += size
-        self._wake_writer()
+        queue.append((flags, payload))
+        self._queued[channel] += len(payload)
+        self._kick()
 
-    def _queue_data(self, channel: Channel, payload: bytes) -> None:
-        self._queue_channel_frame(
-            channel, encode_header(FrameType.DATA, channel.id, 0, len(payload)) + payload, len(payload)
-        )
+    def _queue_data(self, channel: Channel, payload: bytes | memoryview) -> None:
+        self._queue_channel_frame(channel, 0, payload)
 
     def _queue_fin(self, channel: Channel) -> None:
         # In the channel's own queue, so the FIN follows that channel's data.
-        self._queue_channel_frame(channel, encode_frame(FrameType.DATA, channel.id, Flag.FIN), 0)
+        self._queue_channel_frame(channel, Flag.FIN, b"")
         if channel.closed:
             self._forget(channel)
 
@@ -278,47 +320,77 @@ class MuxSession:
     def queued_for(self, channel: Channel) -> int:
         return self._queued.get(channel, 0)
 
+    def _assemble(self) -> int:
+        """Move queued frames into the plaintext buffer, control first, then one data
+        frame per channel in turn, until the next one does not fit. Returns the size
+        (0 only when the first control frame alone is larger than a record)."""
+        buf = self._plain
+        limit = len(buf)
+        pos = 0
+        control = self._control
+        while control:
+            frame = control[0]
+            end = pos + len(frame)
+            if end > limit:
+                break
+            control.popleft()
+            buf[pos:end] = frame
+            pos = end
+        ready, outq, queued = self._ready, self._outq, self._queued
+        pack_into = HEADER.pack_into
+        while ready and pos + 12 <= limit and not control:
+            channel = ready[0]
+            queue = outq.get(channel)
+            if not queue:
+                ready.popleft()
+                outq.pop(channel, None)
+                queued.pop(channel, None)
+                continue
+            flags, payload = queue[0]
+            size = len(payload)
+            body = pos + 12
+            end = body + size
+            if end > limit:
+                break
+            ready.popleft()
+            queue.popleft()
+            pack_into(buf, pos, VERSION, FrameType.DATA, flags, channel.id, size)
+            if size:
+                buf[body:end] = payload
+            pos = end
+            if queue:
+                queued[channel] -= size
+                ready.append(channel)
+            else:
+                del outq[channel]
+                del queued[channel]
+            channel._credit_changed()
+        return pos
+
     async def _writer(self) -> None:
-        max_batch = self.link.max_plaintext
+        link = self.link
         while True:
-            if not self._control and not self._ready:
+            if not self._control and not self._ready and link.pending is None:
                 await self._writer_wakeup.wait()
                 self._writer_wakeup = trio.Event()
                 continue
-            parts: list[bytes] = []
-            size = 0
-            control = self._control
-            while control and size < max_batch:
-                frame = control.popleft()
-                parts.append(frame)
-                size += len(frame)
-            ready = self._ready
-            while ready and size < max_batch:
-                channel = ready.popleft()
-                queue = self._outq.get(channel)
-                if not queue:
-                    self._outq.pop(channel, None)
-                    self._queued.pop(channel, None)
-                    continue
-                frame = queue.popleft()
-                parts.append(frame)
-                size += len(frame)
-                self._queued[channel] -= max(0, len(frame) - 12)
-                if queue:
-                    ready.append(channel)
-                else:
-                    del self._outq[channel]
-                    del self._queued[channel]
-                channel._credit_changed()
-            blob = b"".join(parts) if len(parts) > 1 else parts[0]
             self._writing = True
             try:
-                for offset in range(0, len(blob), max_batch):
-                    await self.link.send_record(blob[offset : offset + max_batch])
+                await link.flush()
+                size = self._assemble()
+                if size:
+                    await link.send_record(self._plain_view[:size])
+                elif self._control:
+                    # A control message larger than a record (a big route table) spans
+                    # several records; the decoder reassembles it.
+                    frame = memoryview(self._control.popleft())
+                    for offset in range(0, len(frame), link.max_plaintext):
+                        await link.send_record(frame[offset : offset + link.max_plaintext])
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 self._fail(ConnectionError(f"link write failed: {exc}"))
                 return
-            self._writing = False
+            finally:
+                self._writing = False
             self._progress.unpark_all()
 
     # --- reader ---------------------------------------------------------------------

@@ -100,7 +100,7 @@ async def run_case(lab, cluster, provider_host: str, gateway_host: str):
                          check=False, timeout=120)
     )
     assert bulk.stdout.strip() == "OK", (bulk.stdout, bulk.stderr)
-    return provider, gateway, connected_after
+    return provider, gateway, {"http": gate_http, "echo": gate_echo, "connected_after": connected_after}
 
 
 async def test_provider_behind_consistent_nat_gateway_public(make_lab, cluster):
@@ -124,3 +124,18 @@ async def test_both_behind_consistent_nats_punch_a_direct_path(make_lab, cluster
     provider, gateway, _ = await run_case(lab, cluster, "provider", "gateway")
     paths = provider.find("event=link_path") + gateway.find("event=link_path")
     assert paths and all("kind=punched" in line for line in paths), paths
+
+
+async def test_link_recovers_after_the_nat_forgets_its_mappings(make_lab, cluster):
+    """An idle hour, simulated: the provider's NAT drops every mapping (conntrack flush).
+    The link comes back by itself (keepalives re-create the mapping, or the dead link is
+    replaced) and new channels work."""
+    lab = make_lab({"home": ("consistent", ["provider"]), "dc": ("none", ["gateway"])})
+    provider, gateway, gates = await run_case(lab, cluster, "provider", "gateway")
+    await trio.to_thread.run_sync(lab.flush_conntrack, "home")
+    gate_http = gates["http"]
+    page = await trio.to_thread.run_sync(
+        lambda: lab.exec("gateway", "curl", "-sS", "-m", "100", "--retry", "10", "--retry-all-errors",
+                         "--retry-delay", "5", f"http://127.0.0.1:{gate_http}/", check=False, timeout=150)
+    )
+    assert page.returncode == 0 and "Directory listing" in page.stdout, (page.stderr, gateway.lines[-20:])

@@ -6,6 +6,7 @@ need hole punching or a relay are not built yet (issue #4)."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import trio
@@ -71,8 +72,9 @@ async def start_dht_network(lab, cluster) -> str:
 
 async def run_case(lab, cluster, provider_host: str, gateway_host: str):
     bootstrap = await start_dht_network(lab, cluster)
-    lab.popen(provider_host, [sys.executable, "-c", ECHO_SERVER])
-    lab.popen(provider_host, [sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind", "127.0.0.1"])
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    lab.popen(provider_host, [sys.executable, "-c", ECHO_SERVER], **quiet)
+    lab.popen(provider_host, [sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind", "127.0.0.1"], **quiet)
     gate_http, gate_echo = free_port(), free_port()
     secret = (await trio.run_process([sys.executable, "-m", "hypergate", "--new"], capture_stdout=True)).stdout.decode().strip()
     services = (
@@ -94,13 +96,19 @@ async def run_case(lab, cluster, provider_host: str, gateway_host: str):
     page = await trio.to_thread.run_sync(
         lambda: lab.exec(gateway_host, "curl", "-sS", "-m", "20", f"http://127.0.0.1:{gate_http}/", check=False)
     )
+    first_byte_after = trio.current_time() - start
     assert page.returncode == 0 and "Directory listing" in page.stdout, page.stderr
     bulk = await trio.to_thread.run_sync(
         lambda: lab.exec(gateway_host, sys.executable, "-c", BULK_CLIENT, str(gate_echo), str(8 * 1024 * 1024),
                          check=False, timeout=120)
     )
     assert bulk.stdout.strip() == "OK", (bulk.stdout, bulk.stderr)
-    return provider, gateway, {"http": gate_http, "echo": gate_echo, "connected_after": connected_after}
+    paths = provider.find("event=link_path") + gateway.find("event=link_path")
+    return provider, gateway, {
+        "http": gate_http, "echo": gate_echo, "connected_after": connected_after,
+        "first_byte_after": first_byte_after,
+        "path": paths[0].split("kind=")[1].split()[0] if paths else "lan/direct listener",
+    }
 
 
 async def test_provider_behind_consistent_nat_gateway_public(make_lab, cluster):

@@ -193,3 +193,34 @@ DHT_DOWN_HINTS_PER_TICK = 50
 # (Node) outbound pacing: 80 requests per 750 ms bucket, 160 over the last four.
 DHT_CONGESTION_WINDOW = 80
 DHT_CONGESTION_ROTATE_S = 0.75
+
+# --- relay (transport/relay.py) --------------------------------------------------------
+
+# Pairs one relay serves at once (waiting or spliced). Each pair holds at most ~6 messages
+# of RELAY_CHUNK in flight (queue, message being read, message being sent, per direction),
+# so 256 pairs stay under ~200 MiB even when every reader stalls.
+MAX_RELAY_PAIRS = 256
+# Connections past 2 per pair allowed while their hello is pending (bounded in time too).
+RELAY_HELLO_SLACK = 64
+# Peers of one router waiting at once: a router has a handful of peers connecting at a
+# time; the bound stops one capability from taking every slot.
+MAX_RELAY_WAITING_PER_CAPABILITY = 32
+# Bytes per relay message from our clients, and the largest message the relay accepts
+# (bigger closes that connection with 1009). One mux data frame fits one message.
+RELAY_CHUNK = 128 * 1024
+MAX_RELAY_MESSAGE = RELAY_CHUNK
+# Largest hello / control message: the JSON hello is ~140 bytes.
+MAX_RELAY_HELLO = 512
+# A "join" is sent when the peer has (or is about to) put its "wait" there, so 10 s is
+# ample; a "wait" is put first and may wait for a slower peer's DHT round trips.
+RELAY_JOIN_TIMEOUT_S = 10.0
+RELAY_WAIT_TIMEOUT_S = 60.0
+# A connection must send its hello this soon after the upgrade (slowloris guard); the
+# TCP + TLS + upgrade steps get RELAY_CONNECT_TIMEOUT_S.
+RELAY_HELLO_TIMEOUT_S = 10.0
+RELAY_CONNECT_TIMEOUT_S = 10.0
+# A pair with no message either way for this long is closed: a live mux link pings every
+# KEEPALIVE_INTERVAL_S, so only dead links stay silent this long.
+RELAY_IDLE_TIMEOUT_S = 120.0
+# Waiting for the other end's close frame before dropping the socket.
+RELAY_CLOSE_TIMEOUT_S = 2.0

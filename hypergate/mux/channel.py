@@ -10,6 +10,7 @@ forwarding task) reads from and writes to. States, per direction:
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -52,6 +53,12 @@ class Channel:
         self.reset_reason: ResetReason | None = None
         self.bytes_in = 0
         self.bytes_out = 0
+        # Optional fast path, set by the channel's owner: called in the session's reader
+        # with data as it arrives while nothing is waiting in the inbox; returns how many
+        # bytes it passed on at once (a non-blocking socket write). What it does not take
+        # goes to the inbox as usual. This saves a task switch per message, which is most
+        # of the added latency of a hop.
+        self.sink: Callable[[bytes | memoryview], int] | None = None
 
     def __repr__(self) -> str:
         return f"Channel(id={self.id}, gate={self.request.gatePort}/{self.request.protocol})"
@@ -76,8 +83,15 @@ class Channel:
         self.session._on_consumed(self, len(data))
         return data
 
-    def _deliver(self, data: bytes) -> None:
+    def _deliver(self, data: bytes | memoryview) -> None:
         self.bytes_in += len(data)
+        if self.sink is not None and not self._inbox:
+            taken = self.sink(data)
+            if taken:
+                self.session._on_consumed(self, taken)
+                if taken == len(data):
+                    return
+                data = memoryview(data)[taken:]
         self._inbox.append(data)
         self._inbox_changed.unpark_all()
 

@@ -7,11 +7,18 @@ never closed with a clean EOF that would pass for a complete transfer.
 
 UDP: one datagram is one DATA frame; a flow ends after an idle period with no datagram
 either way.
+
+Cost per message is what limits latency and connection rate, and in trio it is counted
+in task switches: so the socket is read with one scheduling point per read (not two,
+`_receive`), and data from the peer is written to the socket straight from the session's
+reader when the socket takes it at once (`Channel.sink`), waking this pump only for what
+does not fit. Shaped directions keep the plain path: every byte waits for its tokens.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import struct
 
@@ -36,6 +43,26 @@ def abort_socket(stream: trio.SocketStream) -> None:
     stream.socket.close()
 
 
+async def _receive(sock: trio.socket.SocketType, size: int) -> bytes:
+    """One read, like `SocketStream.receive_some`, with one scheduling point instead of
+    two: after waiting for readability the read returns without another yield; a read
+    that did not wait yields once, so a busy socket cannot starve other tasks."""
+    waited = False
+    while True:
+        fd = sock.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("socket was closed")
+        try:
+            data = os.read(fd, size)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+            waited = True
+            continue
+        if not waited:
+            await trio.lowlevel.checkpoint()
+        return data
+
+
 async def splice_tcp(
     stream: trio.SocketStream, channel: Channel, shaper: ChannelShaper | None = None
 ) -> None:
@@ -57,27 +84,47 @@ async def splice_tcp(
     async def socket_to_channel() -> None:
         try:
             while True:
-                data = await stream.receive_some(read_size)
+                data = await _receive(stream.socket, read_size)
                 if not data:
                     await channel.send_eof()
                     return
                 if inbound.limited:
                     await inbound.wait_for(len(data))
                 await channel.send(data)
-        except (trio.BrokenResourceError, OSError) as exc:
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             fail(f"socket read failed: {exc}")
         except BandwidthExceeded as exc:
             fail(str(exc), ResetCode.BANDWIDTH_EXCEEDED, str(exc))
 
-    async def channel_to_socket() -> None:
+    def sink(data: bytes | memoryview) -> int:
+        # Runs in the session's reader: never blocks, never raises (a failed write is
+        # left to this pump's send_all, which reports it as before).
+        if writing:
+            return 0  # the pump is sending older data: keep the order
+        fd = stream.socket.fileno()
+        if fd < 0:
+            return 0
         try:
+            return os.write(fd, data)
+        except OSError:
+            return 0
+
+    writing = False
+
+    async def channel_to_socket() -> None:
+        nonlocal writing
+        try:
+            if not outbound.limited:
+                channel.sink = sink
             while True:
                 data = await channel.receive()
                 if not data:
                     await stream.send_eof()
                     return
                 if not outbound.limited:
+                    writing = True
                     await stream.send_all(data)
+                    writing = False
                     continue
                 step = outbound.max_chunk
                 for offset in range(0, len(data), step):
@@ -88,6 +135,8 @@ async def splice_tcp(
             fail(f"socket write failed: {exc}")
         except BandwidthExceeded as exc:
             fail(str(exc), ResetCode.BANDWIDTH_EXCEEDED, str(exc))
+        finally:
+            channel.sink = None
 
     reset = False
     try:

@@ -206,7 +206,8 @@ class DhtRendezvous:
                 punch_sock.close()
                 continue
             log.info("peer=%s relay=%s event=handshake_relayed", name, relay)
-            addresses, their_punch = rv.decode_ready(ready.body)
+            info = rv.decode_ready(ready.body)
+            addresses, their_punch = info.addresses, info.punch
             stream, kind = await self._open_paths(addresses, punch_sock, their_punch)
             if stream is None:
                 log.warning(

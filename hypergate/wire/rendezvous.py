@@ -78,26 +78,43 @@ Endpoint = tuple[str, int]
 _LEN = struct.Struct(">H")
 
 
+@attrs.frozen
+class ReadyInfo:
+    """What a server tells an authenticated client in READY: its direct addresses, its
+    punch address (if it punches), and a relay URL where it will also wait (if it has one)."""
+
+    addresses: list[Endpoint] = attrs.Factory(list)
+    punch: Endpoint | None = None
+    relay: str | None = None
+
+    def encode(self) -> bytes:
+        data: dict = {"tcp": [[host, port] for host, port in self.addresses]}
+        if self.punch is not None:
+            data["punch"] = list(self.punch)
+        if self.relay is not None:
+            data["relay"] = self.relay
+        return json.dumps(data, separators=(",", ":")).encode()
+
+
 def encode_addresses(addresses: list[Endpoint], punch: Endpoint | None = None) -> bytes:
-    data: dict = {"tcp": [[host, port] for host, port in addresses]}
-    if punch is not None:
-        data["punch"] = list(punch)
-    return json.dumps(data, separators=(",", ":")).encode()
+    return ReadyInfo(addresses, punch).encode()
 
 
 def decode_addresses(body: bytes) -> list[Endpoint]:
-    return decode_ready(body)[0]
+    return decode_ready(body).addresses
 
 
-def decode_ready(body: bytes) -> tuple[list[Endpoint], Endpoint | None]:
-    """(direct addresses, punch address or None) from a READY body."""
+def decode_ready(body: bytes) -> ReadyInfo:
     try:
         data = json.loads(body)
         addresses = [(str(host), int(port)) for host, port in data["tcp"]]
         punch = _endpoint(data.get("punch"))
+        relay = data.get("relay")
+        if relay is not None and not (isinstance(relay, str) and relay.startswith(("ws://", "wss://"))):
+            raise ValueError(f"relay must be a ws:// or wss:// URL, got {relay!r}")
     except (ValueError, KeyError, TypeError) as exc:
         raise RendezvousError(f"bad address list: {exc}") from None
-    return [(h, p) for h, p in addresses if 0 < p < 65536][:16], punch
+    return ReadyInfo([(h, p) for h, p in addresses if 0 < p < 65536][:16], punch, relay)
 
 
 def encode_finish(message3: bytes, punch: Endpoint | None) -> bytes:

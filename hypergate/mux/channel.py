@@ -36,6 +36,14 @@ class ChannelReset(ChannelError):
 
 
 class Channel:
+    # Thousands of channels may sit idle on one session: slots and a lazily created inbox
+    # keep an idle channel to about a kilobyte here.
+    __slots__ = (
+        "session", "id", "request", "send_window", "receive_window", "_inbox",
+        "_inbox_changed", "_send_progress", "accepted", "local_fin", "remote_fin",
+        "reset_reason", "bytes_in", "bytes_out", "sink", "__weakref__",
+    )
+
     def __init__(self, session: MuxSession, channel_id: int, request: OpenRequest) -> None:
         self.session = session
         self.id = channel_id
@@ -44,9 +52,10 @@ class Channel:
         self.receive_window = ReceiveWindow(
             limits.INITIAL_CHANNEL_WINDOW, limits.MAX_CHANNEL_WINDOW
         )
-        self._inbox: collections.deque[bytes] = collections.deque()
+        # A deque while data waits, else an empty tuple (an empty deque costs ~600 bytes).
+        self._inbox: collections.deque[bytes | memoryview] | tuple[()] = ()
         self._inbox_changed = trio.lowlevel.ParkingLot()
-        self._send_progress = trio.lowlevel.ParkingLot()
+        self._send_progress: trio.lowlevel.ParkingLot | None = None  # made when a sender waits
         self.accepted = trio.Event()  # set when the other side confirmed the open
         self.local_fin = False
         self.remote_fin = False
@@ -80,6 +89,8 @@ class Channel:
                 return b""
             await self._inbox_changed.park()
         data = self._inbox.popleft()
+        if not self._inbox:
+            self._inbox = ()
         self.session._on_consumed(self, len(data))
         return data
 
@@ -92,6 +103,8 @@ class Channel:
                 if taken == len(data):
                     return
                 data = memoryview(data)[taken:]
+        if not self._inbox:
+            self._inbox = collections.deque()
         self._inbox.append(data)
         self._inbox_changed.unpark_all()
 
@@ -121,7 +134,7 @@ class Channel:
             view = view[n:]
             # Backpressure: at most a couple of frames wait for the writer per channel.
             while self.session.queued_for(self) > CHANNEL_WRITE_QUEUE and self.reset_reason is None:
-                await self._send_progress.park()
+                await self._wait_for_credit()
 
     def try_send_datagram(self, datagram: bytes) -> bool:
         """For UDP flows: send one whole datagram now, or drop it (False) when the windows
@@ -147,10 +160,13 @@ class Channel:
             raise ChannelError(f"{self!r}: send after half-close")
 
     async def _wait_for_credit(self) -> None:
+        if self._send_progress is None:
+            self._send_progress = trio.lowlevel.ParkingLot()
         await self._send_progress.park()
 
     def _credit_changed(self) -> None:
-        self._send_progress.unpark_all()
+        if self._send_progress is not None:
+            self._send_progress.unpark_all()
 
     # --- ending ---------------------------------------------------------------------
 
@@ -166,7 +182,8 @@ class Channel:
         self.reset_reason = reason
         self.accepted.set()
         self._inbox_changed.unpark_all()
-        self._send_progress.unpark_all()
+        if self._send_progress is not None:
+            self._send_progress.unpark_all()
         self.session._forget(self)
 
     def accept(self) -> None:

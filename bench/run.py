@@ -89,10 +89,11 @@ class Backend:
 
     def services(self) -> list[Service]:
         # Echo first: its round trip proves the tunnel works before the weaker probes.
-        services = [Service("echo", self.echo_port, "tcp", "echo"),
-                    Service("bulk", self.bulk_port, "tcp", "connect")]
+        services = [Service("echo", self.echo_port, "tcp", "echo")]
         if self.iperf_port:
             services.append(Service("iperf", self.iperf_port, "tcp", "connect"))
+        else:
+            services.append(Service("bulk", self.bulk_port, "tcp", "connect"))
         services.append(Service("udp", self.udp_port, "udp", "udp-ping"))
         return services
 

@@ -93,7 +93,10 @@ class Managed:
         self.side = ""
         self.argv = argv
         self.log_path = log_dir / f"{name}.log"
-        self._log_file = open(self.log_path, "wb")
+        # Appended, not truncated: a restarted target keeps the log of the run that ended.
+        self._log_file = open(self.log_path, "ab")
+        self._log_file.write(f"--- {time.strftime('%H:%M:%S')} start: {' '.join(argv)}\n".encode())
+        self._log_file.flush()
         log.debug("start name=%s argv=%s", name, " ".join(argv))
         self.popen = subprocess.Popen(
             argv,

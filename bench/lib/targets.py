@@ -53,6 +53,9 @@ class Target:
     # without backpressure) would otherwise be the next test's figure.
     fresh_per_test = False
     stop_grace = 5.0
+    # How long one readiness probe waits for its answer, and the pause between probes.
+    probe_timeout = 2.0
+    probe_interval = 0.2
 
     def __init__(self, workdir: Path):
         self.workdir = workdir / self.name
@@ -110,7 +113,7 @@ class Target:
             port = self.ports[service.name]
             while True:
                 self._check_alive()
-                error = probe(service, port)
+                error = probe(service, port, self.probe_timeout)
                 if error is None:
                     break
                 if time.monotonic() > deadline:
@@ -121,7 +124,7 @@ class Target:
                     self.dropped[service.name] = why
                     del self.ports[service.name]
                     break
-                time.sleep(0.2)
+                time.sleep(self.probe_interval)
 
     def _check_alive(self) -> None:
         for proc in self.procs:
@@ -130,7 +133,7 @@ class Target:
                                  f"{proc.tail()}")
 
 
-def probe(service: Service, port: int) -> str | None:
+def probe(service: Service, port: int, timeout: float = 2.0) -> str | None:
     """None when a round trip through 127.0.0.1:port works, else what went wrong."""
     try:
         if service.probe == "udp-ping":
@@ -139,9 +142,9 @@ def probe(service: Service, port: int) -> str | None:
                 sock.sendto(b"PING-ready", ("127.0.0.1", port))
                 data, _ = sock.recvfrom(64)
                 return None if data == b"PING-ready" else f"udp answer {data!r}"
-        with socket.create_connection(("127.0.0.1", port), timeout=2.0) as sock:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
             if service.probe == "echo":
-                sock.settimeout(2.0)
+                sock.settimeout(timeout)
                 sock.sendall(b"ready?")
                 data = sock.recv(16)
                 return None if data == b"ready?" else f"echo answer {data!r}"
@@ -266,6 +269,10 @@ class Hypertele(Target):
     fresh_per_test = True
     # Its SIGTERM handler leaves the DHT politely, which takes longer than we care for.
     stop_grace = 1.0
+    # Each probe makes the client look the server up in the DHT; hasty probes pile up
+    # lookups that slow the first real connection.
+    probe_timeout = 20.0
+    probe_interval = 1.0
     node_dir = REPO_ROOT / "bench" / "node"
 
     def unavailable(self) -> str | None:

@@ -177,7 +177,7 @@ class RelayServer:
             )
             bound = server.listeners[0].port
             log.info(
-                "relay listening host=%s port=%d tls=%s path=%s max_pairs=%d",
+                "event=relay_listening host=%s port=%d tls=%s path=%s max_pairs=%d",
                 host, bound, ssl_context is not None, self.path or "*", self.max_pairs,
             )
             task_status.started(bound)
@@ -188,15 +188,15 @@ class RelayServer:
         try:
             await self._handle_request(request)
         except Exception:  # a bug here must cost one connection, never the relay
-            log.exception("relay connection failed remote=%s", _remote(request))
+            log.exception("event=relay_handler_failed remote=%s", _remote(request))
 
     async def _handle_request(self, request: WebSocketRequest) -> None:
         if self.path is not None and urlsplit(request.path).path != self.path:
-            log.info("relay refused remote=%s reason=wrong-path", _remote(request))
+            log.info("event=relay_refused remote=%s reason=wrong-path", _remote(request))
             await request.reject(404, body=b"no hypergate relay at this path\n")
             return
         if self.connections >= self.max_connections:
-            log.warning("relay refused remote=%s reason=full connections=%d", _remote(request), self.connections)
+            log.warning("event=relay_refused remote=%s reason=full connections=%d", _remote(request), self.connections)
             await request.reject(503, body=b"relay full\n")
             return
         ws = await request.accept()
@@ -218,7 +218,7 @@ class RelayServer:
         if waiter is None:
             pair = await self._wait_for_peer(ws, key, role, tag)
         elif waiter.role == role:
-            log.info("relay refused %s role=%s reason=duplicate", tag, role)
+            log.info("event=relay_refused %s role=%s reason=duplicate", tag, role)
             await _close(ws, CLOSE_POLICY, f"a '{role}' for this pair is already waiting")
             return
         else:
@@ -242,7 +242,7 @@ class RelayServer:
         try:
             return decode_hello(raw)
         except ValueError as exc:
-            log.info("relay refused remote=%s reason=bad-hello detail=%r", _remote(ws), str(exc))
+            log.info("event=relay_refused remote=%s reason=bad-hello detail=%r", _remote(ws), str(exc))
             await _close(ws, CLOSE_POLICY, f"bad hello: {exc}")
             return None
 
@@ -261,22 +261,22 @@ class RelayServer:
         capability = key[0]
         # A waiting connection holds a pair slot: it becomes a pair without a new check.
         if len(self._waiting) + self.active_pairs >= self.max_pairs:
-            log.warning("relay refused %s role=%s reason=full pairs=%d", tag, role, self.max_pairs)
+            log.warning("event=relay_refused %s role=%s reason=full pairs=%d", tag, role, self.max_pairs)
             await _close(ws, CLOSE_TRY_LATER, f"relay full ({self.max_pairs} pairs)")
             return None
         if self._waiting_per_cap.get(capability, 0) >= self.max_waiting_per_capability:
-            log.warning("relay refused %s role=%s reason=too-many-waiting", tag, role)
+            log.warning("event=relay_refused %s role=%s reason=too-many-waiting", tag, role)
             await _close(ws, CLOSE_TRY_LATER, "too many peers waiting on this capability")
             return None
         timeout = self.wait_timeout if role == "wait" else self.join_timeout
         waiter = _Waiter(role, ws, trio.CancelScope(deadline=trio.current_time() + timeout))
         self._waiting[key] = waiter
         self._waiting_per_cap[capability] = self._waiting_per_cap.get(capability, 0) + 1
-        log.debug("relay waiting %s role=%s timeout=%g", tag, role, timeout)
+        log.debug("event=relay_waiting %s role=%s timeout=%g", tag, role, timeout)
         early = gone = False
         try:
             # Reading while waiting notices a client that gives up; `_match` cancels the
-            # scope once paired (a cancelled receive loses no message).
+            # scope on pairing (a cancelled receive loses no message: it stays queued).
             with waiter.scope:
                 await ws.get_message()
                 early = True
@@ -286,14 +286,14 @@ class RelayServer:
             self._unregister(key, waiter)
         pair = waiter.pair
         if early:
-            log.info("relay closing %s role=%s reason=data-before-paired", tag, role)
+            log.info("event=relay_refused %s role=%s reason=data-before-paired", tag, role)
             await _close(ws, CLOSE_POLICY, "data before paired")
             if pair is not None:
                 await self._end(pair, {pair.other(ws): (CLOSE_PEER_GONE, "peer broke the relay protocol")}, "protocol")
             return None
         if pair is None:
             if not gone:
-                log.info("relay no-peer %s role=%s after=%gs", tag, role, timeout)
+                log.info("event=relay_no_peer %s role=%s after_s=%g", tag, role, timeout)
                 await _close(ws, CLOSE_NO_PEER, f"no peer arrived within {timeout:g}s")
             return None
         return pair  # if our client left meanwhile, forwarding notices at once
@@ -305,16 +305,18 @@ class RelayServer:
         pair = _Pair((waiter.ws, ws), tag, self.idle_timeout)
         waiter.pair = pair
         self.active_pairs += 1
-        log.info("relay paired %s pairs=%d", tag, self.active_pairs)
+        log.info("event=relay_paired %s pairs=%d", tag, self.active_pairs)
+        # The waiter stops watching for early data now, before its "paired" goes out:
+        # a fast client's first message must reach forwarding, not the violation check.
+        waiter.scope.cancel()
         try:
-            # Both "paired" messages go out before either side's messages are forwarded.
-            await waiter.ws.send_message(PAIRED)
+            # Ours first: the waiter's data, forwarded by its own task, can only follow
+            # its "paired", so it always lands after ours. Our own data waits for us.
             await ws.send_message(PAIRED)
+            await waiter.ws.send_message(PAIRED)
         except ConnectionClosed:
             reason = (CLOSE_PEER_GONE, "peer left before pairing")
             await self._end(pair, {waiter.ws: reason, ws: reason}, "left-before-paired")
-        finally:
-            waiter.scope.cancel()
         return pair
 
     async def _forward(self, pair: _Pair, ws: WebSocketConnection) -> None:
@@ -375,7 +377,7 @@ class RelayServer:
             return
         pair.ended = True
         self.active_pairs -= 1
-        log.info("relay pair-ended %s why=%s pairs=%d", pair.tag, why, self.active_pairs)
+        log.info("event=relay_pair_ended %s why=%s pairs=%d", pair.tag, why, self.active_pairs)
         try:
             # Both closes at once: either client may be slow to answer its close frame.
             async with trio.open_nursery() as nursery:

@@ -121,6 +121,7 @@ class RelayStream(trio.abc.HalfCloseableStream):
         self._message_len = 0  # payload so far of the message being received (EOF = empty)
         self._reply = bytearray()  # the relay's "paired" message while it arrives
         self._reject_body = bytearray()
+        self._reject_pending = False  # the refusal's body is still arriving
         self._accepted = False
         self._paired = False
         self._eof = False
@@ -143,6 +144,8 @@ class RelayStream(trio.abc.HalfCloseableStream):
 
     async def _pump_before_paired(self) -> None:
         await self._pump()
+        while self._reject_pending:  # the body says why (e.g. "relay full")
+            await self._pump()
         if self._error is not None:
             detail = self._error
             if self._reject_body:
@@ -183,9 +186,11 @@ class RelayStream(trio.abc.HalfCloseableStream):
             self._accepted = True
         elif isinstance(event, RejectConnection):
             self._error = f"relay refused the WebSocket upgrade: HTTP {event.status_code}"
+            self._reject_pending = event.has_body
         elif isinstance(event, RejectData):
             if len(self._reject_body) < 1024:
                 self._reject_body += event.data
+            self._reject_pending = not event.body_finished and len(self._reject_body) < 1024
 
     async def _pump(self) -> None:
         """Read once from the transport and digest what came; sets _eof or _error on the way."""
@@ -199,6 +204,7 @@ class RelayStream(trio.abc.HalfCloseableStream):
             self._error = self._error or f"relay connection lost: {exc}"
             return
         if not data:
+            self._reject_pending = False
             if not self._eof and self._error is None:
                 self._error = "relay connection lost (no close frame)"
             return
@@ -412,7 +418,8 @@ async def open_relay_stream(
     except trio.TooSlowError:
         raise RelayError(f"relay {url}: not paired within {timeout:g}s (role={role})") from None
     except (OSError, trio.BrokenResourceError) as exc:
-        cause = exc.__cause__ or exc
+        # An SSL failure arrives as BrokenResourceError caused by the ssl.SSLError that says why.
+        cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ else exc
         raise RelayError(f"relay {url}: {type(cause).__name__}: {cause}") from None
-    log.debug("relay paired url=%s role=%s cap=%s", url, role, capability.hex()[:8])
+    log.debug("event=relay_stream_paired url=%s role=%s cap=%s", url, role, capability.hex()[:8])
     return stream

@@ -19,6 +19,8 @@ from hypergate.transport.relay import (
     encode_hello,
     open_relay_stream,
     relay_capability,
+    run_relay_command,
+    serve_relay,
 )
 
 ROUTER = RouterKeys.from_secret(b"r" * 32)
@@ -88,6 +90,32 @@ async def test_two_peers_exchange_mebibytes_both_ways():
             # Writes are cut into messages the relay accepts.
             assert relay.forwarded_bytes >= 2 * (3 * 1024 * 1024 + 12345)
             assert relay.forwarded_messages >= 2 * (3 * 1024 * 1024) // limits.RELAY_CHUNK
+            await a.aclose()
+            await b.aclose()
+
+
+async def test_a_stalled_reader_slows_its_sender_instead_of_filling_the_relay():
+    size = 48 * 1024 * 1024
+    data = os.urandom(size)
+    with trio.fail_after(60):
+        async with running_relay() as (relay, url):
+            a, b = await open_pair(url)
+            done = trio.Event()
+
+            async def send():
+                await send_then_eof(a, data)
+                done.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send)
+                # b reads nothing for a while: the sender must get stuck, with only socket
+                # buffers' worth of data past the relay (no queue grows anywhere).
+                with trio.move_on_after(1.0):
+                    await done.wait()
+                assert not done.is_set()
+                assert relay.forwarded_bytes < 16 * 1024 * 1024
+                received = await read_to_eof(b)
+            assert hashlib.sha256(received).digest() == hashlib.sha256(data).digest()
             await a.aclose()
             await b.aclose()
 
@@ -188,6 +216,8 @@ async def test_waiting_connections_per_capability_are_bounded():
                 # Another router's peers are not affected.
                 a, b = await open_pair(url, cap=OTHER_CAP)
                 await exchange(a, b, 1000)
+                await a.aclose()
+                await b.aclose()
                 nursery.cancel_scope.cancel()
 
 
@@ -208,6 +238,8 @@ async def test_second_waiter_for_a_pair_is_refused_and_the_first_keeps_its_slot(
                     await open_relay_stream(url, CAP, pair_id, "wait")
                 streams.append(await open_relay_stream(url, CAP, pair_id, "join"))
             await exchange(*streams, 5000)
+            for stream in streams:
+                await stream.aclose()
 
 
 async def test_oversized_message_closes_only_that_pair():
@@ -230,6 +262,8 @@ async def test_oversized_message_closes_only_that_pair():
                 await joiner.aclose()
             assert relay.active_pairs == 1
             await exchange(*bystanders, 3000)  # under this relay's message limit
+            for stream in bystanders:
+                await stream.aclose()
 
 
 async def test_protocol_violations_close_with_a_reason_and_the_relay_goes_on():
@@ -253,6 +287,8 @@ async def test_protocol_violations_close_with_a_reason_and_the_relay_goes_on():
             a, b = await open_pair(url)
             await exchange(a, b, 1000)
             assert relay.waiting == 0
+            await a.aclose()
+            await b.aclose()
 
 
 async def test_idle_pair_is_closed(autojump_clock):
@@ -267,6 +303,8 @@ async def test_idle_pair_is_closed(autojump_clock):
         with pytest.raises(trio.BrokenResourceError, match="4002"):
             await b.receive_some()
         assert relay.active_pairs == 0
+        await a.aclose()
+        await b.aclose()
 
 
 async def test_relay_sees_ciphertext_only():
@@ -294,3 +332,77 @@ async def test_relay_sees_ciphertext_only():
             assert marker[:17] not in b"".join(seen)
             await a.aclose()
             await b.aclose()
+
+
+async def test_full_relay_refuses_the_upgrade_with_503(monkeypatch):
+    monkeypatch.setattr(limits, "RELAY_HELLO_SLACK", 0)
+    with trio.fail_after(10):
+        async with running_relay(max_pairs=0) as (relay, url):
+            with pytest.raises(RelayError, match="HTTP 503: relay full"):
+                await open_relay_stream(url, CAP, os.urandom(16), "wait")
+
+
+async def test_client_answers_pings_and_reports_close_before_pairing(nursery):
+    """Against a scripted WebSocket server: pings are answered while reading."""
+    from trio_websocket import serve_websocket
+
+    async def handler(request):
+        ws = await request.accept()
+        hello = await ws.get_message()
+        if b'"wait"' in hello:
+            await ws.aclose(1000, "bye")  # a normal close before "paired" is still a failure
+            return
+        await ws.send_message(PAIRED)
+        with trio.fail_after(5):
+            await ws.ping(b"are you there")  # returns once the client's pong arrives
+        await ws.send_message(b"after the ping")
+        with pytest.raises(ConnectionClosed):
+            await ws.get_message()
+
+    server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+    url = f"ws://127.0.0.1:{server.port}/"
+    with trio.fail_after(10):
+        stream = await open_relay_stream(url, CAP, os.urandom(16), "join")
+        assert await stream.receive_some() == b"after the ping"
+        await stream.aclose()
+        with pytest.raises(RelayError, match="relay closed the connection: 1000 bye"):
+            await open_relay_stream(url, CAP, os.urandom(16), "wait")
+
+
+async def test_silent_connection_is_closed_after_the_hello_timeout(autojump_clock):
+    async with running_relay(hello_timeout=5.0) as (relay, url):
+        start = trio.current_time()
+        async with open_websocket_url(url) as raw:
+            with pytest.raises(ConnectionClosed) as closed:
+                await raw.get_message()
+        assert (closed.value.reason.code, closed.value.reason.reason) == (1008, "no hello within 5s")
+        assert trio.current_time() - start == pytest.approx(5.0, abs=0.5)
+
+
+async def test_serve_relay_and_the_cli_entry_point(nursery):
+    port = await nursery.start(serve_relay, "127.0.0.1", 0)
+    with trio.fail_after(10):
+        a, b = await open_pair(f"ws://127.0.0.1:{port}/any/path")
+        await exchange(a, b, 10_000)
+        await a.aclose()
+        await b.aclose()
+    # `hypergate relay --host --port --path`: serves until cancelled, only on its path.
+    with trio.socket.socket() as probe:
+        await probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    with trio.CancelScope() as scope:
+        nursery.start_soon(run_relay_command, "127.0.0.1", free, "/hypergate")
+        with trio.fail_after(10):
+            while True:
+                try:
+                    await open_relay_stream(f"ws://127.0.0.1:{free}/", CAP, os.urandom(16), "wait")
+                except RelayError as exc:
+                    if "HTTP 404" in str(exc):
+                        break  # listening, and only on its path
+                    assert "OSError: all attempts to connect" in str(exc)
+                    await trio.sleep(0.02)  # not listening yet
+            a, b = await open_pair(f"ws://127.0.0.1:{free}/hypergate")
+            await exchange(a, b, 10_000)
+            await a.aclose()
+            await b.aclose()
+    scope.cancel()

@@ -102,9 +102,8 @@ def decode_hello(raw: bytes) -> tuple[bytes, bytes, str]:
     return capability, pair_id, role
 
 
-
 class RelayStream(trio.abc.HalfCloseableStream):
-    """A paired relay connection as a byte stream; see the module docstring for the mapping.
+    """A paired relay connection as a byte stream (the mapping: `hypergate.transport.relay`).
 
     WebSocket runs sans-IO (wsproto) right on the transport, so the stream owns no
     background task: bytes are read only when the caller asks (backpressure all the way

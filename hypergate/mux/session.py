@@ -137,7 +137,7 @@ class MuxSession:
             while self._channels:
                 await self._progress.park()
         with trio.move_on_after(1.0):
-            while self._control or self._ready or self._writing:
+            while self._control or self._ready or self._writing or self.link.pending is not None:
                 await self._progress.park()
         self.close_reason = self.close_reason or "closed by us"
         self._terminate(ResetReason(ResetCode.GOING_AWAY, "peer shut down"))

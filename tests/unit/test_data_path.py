@@ -1,0 +1,164 @@
+"""The fast data path: records over real sockets (write-now, partial writes, exact reads),
+zero-copy frame payloads and their memory bound, and the channel sink's ordering."""
+
+import hashlib
+import os
+import socket
+
+import trio
+import trio.testing
+
+from hypergate.crypto.keys import LinkIdentity
+from hypergate.crypto.records import MAX_PLAINTEXT, RecordOpener, RecordSealer
+from hypergate.crypto.secure_link import establish_link
+from hypergate.mux.session import MuxSession
+from hypergate.wire.frames import FrameDecoder, FrameType, encode_frame
+from hypergate.wire.messages import OpenRequest
+
+from ..mux_harness import KEYS, echo_handler, read_all
+
+KEY = bytes(range(32))
+REQ = OpenRequest(gatePort=80, protocol="tcp")
+
+
+async def socket_links(buffer: int | None = None):
+    """Two linked SecureLinks over a real socket pair (small kernel buffers on request,
+    so writes come back partial and the write-later path runs)."""
+    left, right = trio.socket.socketpair()
+    if buffer:
+        for sock in (left, right):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+    links = {}
+
+    async def side(name, sock, initiator):
+        links[name] = await establish_link(
+            trio.SocketStream(sock), initiator=initiator, identity=LinkIdentity.generate(), router=KEYS
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(side, "a", left, True)
+        nursery.start_soon(side, "b", right, False)
+    return links["a"], links["b"]
+
+
+def test_sealed_records_open_in_order_and_the_buffer_is_reused():
+    sealer, opener = RecordSealer(KEY), RecordOpener(KEY)
+    first = bytes(sealer.seal_into(b"one"))
+    second = sealer.seal_into(b"two")
+    wire = first + bytes(second)
+    assert opener.feed(wire) == [b"one", b"two"]
+    assert sealer.seal(b"x" * MAX_PLAINTEXT)[:4] == (MAX_PLAINTEXT + 16).to_bytes(4, "big")
+
+
+async def test_records_cross_a_full_socket_intact():
+    a, b = await socket_links(buffer=16 * 1024)
+    assert a.can_send_now
+    records = [os.urandom(n) for n in (1, 100, 70_000, MAX_PLAINTEXT, 5, 300_000)]
+    received = []
+
+    async def receive():
+        while len(received) < len(records):
+            received.extend(await b.receive_records())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(receive)
+        for record in records:
+            await a.send_record(record)
+    assert received == records
+    assert a.pending is None
+
+
+async def test_write_now_leaves_the_rest_pending_until_flushed():
+    a, b = await socket_links(buffer=16 * 1024)
+    payload = os.urandom(MAX_PLAINTEXT)
+    a.send_now(payload)  # far more than the socket takes at once
+    assert a.pending is not None and not a.can_send_now
+    got = []
+
+    async def receive():
+        got.extend(await b.receive_records())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(receive)
+        await a.flush()
+    assert a.pending is None and a.can_send_now
+    assert got == [payload]
+
+
+async def test_sessions_over_sockets_carry_bulk_and_small_messages_intact(nursery):
+    link_a, link_b = await socket_links(buffer=32 * 1024)
+    a = MuxSession(link_a, on_channel=echo_handler, on_message=lambda m: None, name="a")
+    b = MuxSession(link_b, on_channel=echo_handler, on_message=lambda m: None, name="b")
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+
+    async def transfer(chunks):
+        channel = await a.open_channel(REQ)
+        sent = hashlib.sha256()
+        async with trio.open_nursery() as inner:
+            async def send():
+                for chunk in chunks:
+                    sent.update(chunk)
+                    await channel.send(chunk)
+                await channel.send_eof()
+
+            inner.start_soon(send)
+            echoed = await read_all(channel)
+        assert hashlib.sha256(echoed).digest() == sent.digest()
+
+    async with trio.open_nursery() as group:
+        group.start_soon(transfer, [os.urandom(1 << 20) for _ in range(4)])
+        group.start_soon(transfer, [os.urandom(64) for _ in range(300)])
+        group.start_soon(transfer, [bytearray(os.urandom(200_000))])  # mutable: copied
+    assert not a.closed and not b.closed
+
+
+def test_data_payloads_are_views_of_a_data_heavy_record():
+    record = encode_frame(FrameType.DATA, 3, payload=b"x" * 5000) + encode_frame(FrameType.PING, 0, value=1)
+    frames = FrameDecoder().feed(record)
+    assert isinstance(frames[0].payload, memoryview) and frames[0].payload == b"x" * 5000
+
+
+def test_a_record_mostly_of_control_frames_does_not_pin_it_through_a_view():
+    pings = b"".join(encode_frame(FrameType.PING, 0, value=i) for i in range(1000))
+    record = encode_frame(FrameType.DATA, 3, payload=b"y") + pings
+    frames = FrameDecoder().feed(record)
+    assert type(frames[0].payload) is bytes and frames[0].payload == b"y"
+    assert len(frames) == 1001
+
+
+async def test_sink_takes_data_in_order_and_leaves_the_rest_to_the_reader(nursery):
+    taken = []
+    capacity = {"n": 3}
+
+    def sink(data):
+        n = min(len(data), capacity["n"])
+        taken.append(bytes(data[:n]))
+        return n
+
+    accepted = trio.Event()
+    holder = {}
+
+    async def server(channel):
+        holder["channel"] = channel
+        channel.sink = sink
+        channel.accept()
+        accepted.set()
+        await trio.sleep_forever()
+
+    link_a, link_b = await socket_links()
+    a = MuxSession(link_a, on_channel=echo_handler, on_message=lambda m: None, name="a")
+    b = MuxSession(link_b, on_channel=server, on_message=lambda m: None, name="b")
+    await nursery.start(a.run)
+    await nursery.start(b.run)
+    channel = await a.open_channel(REQ)
+    await accepted.wait()
+    await channel.send(b"abcdef")  # the sink takes "abc"; "def" waits in the inbox
+    await trio.testing.wait_all_tasks_blocked()
+    await channel.send(b"ghi")  # the inbox is not empty: the sink must not jump ahead
+    await trio.testing.wait_all_tasks_blocked()
+    await channel.send_eof()
+    rest = await read_all(holder["channel"])
+    assert b"".join(taken) + rest == b"abcdefghi"
+    assert taken == [b"abc"]

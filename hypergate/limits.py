@@ -20,8 +20,12 @@ DIAL_TIMEOUT_S = 10.0
 
 # --- mux/ ------------------------------------------------------------------------------
 
-# Largest payload of one data frame. Small enough that control frames and other channels
-# interleave within ~20 us of link time, large enough that per-frame Python cost is small.
+# Largest payload of one data frame (and one socket read, SOCKET_READ_SIZE). Per-frame
+# Python cost is now a few percent of a bulk transfer (py-spy: the rest is socket
+# syscalls and the AEAD), and 256 KiB or 512 KiB frames measured the same as 128 KiB
+# within the noise of a shared 2-core machine (tunnel MB per CPU-second, 5 alternating
+# runs each); so the smaller frame wins on fairness: another channel's frame waits
+# behind at most ~0.1-0.3 ms of a bulk channel's per round.
 MAX_FRAME_PAYLOAD = 128 * 1024
 # Every channel starts with this receive window (yamux's 256 KiB default).
 INITIAL_CHANNEL_WINDOW = 256 * 1024

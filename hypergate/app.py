@@ -62,6 +62,8 @@ class NodeConfig:
     listen_explicit: bool = False
     # DHT discovery: bootstrap nodes ("host:port" or "ip@host:port"); None: direct mode only.
     dht_bootstrap: tuple[str, ...] | None = None
+    # A WebSocket relay for peers that cannot reach us directly (ws:// or wss://).
+    relay_url: str | None = None
 
 
 @attrs.define
@@ -177,7 +179,7 @@ class Node:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             self.dht_node = node
-            await nursery.start(DhtRendezvous(self.router, node).run)
+            await nursery.start(DhtRendezvous(self.router, node, self.config.relay_url).run)
             task_status.started()
 
     # --- Docker mode ----------------------------------------------------------------

@@ -144,6 +144,10 @@ def _gateway_option(value: str | None) -> tuple[bool, str | None]:
     "--bootstrap", "bootstrap", multiple=True, type=CommaList(), envvar=_env("BOOTSTRAP"), metavar="HOST:PORT",
     help="DHT bootstrap node (repeatable); replaces the public Hyperswarm bootstrap list.",
 )
+@click.option(
+    "--relay", "relay_url", default=None, metavar="URL", envvar=_env("RELAY"),
+    help="WebSocket relay (ws:// or wss://) where peers that reach us no other way can meet us.",
+)
 @click.option("--scan", "scan_topic", default=None, metavar="TOPIC", envvar=_env("SCAN"), help="List the peers announced under a topic (hex) on the DHT, then exit.")
 @click.option("--verbose", is_flag=True, envvar=_env("VERBOSE"), help="Debug logging.")
 @click.pass_context
@@ -174,6 +178,7 @@ async def main_group(
     expose_only_docker: bool | None,
     expose_only_published: bool,
     bootstrap: tuple[str, ...],
+    relay_url: str | None,
     scan_topic: str | None,
     verbose: bool,
 ) -> None:
@@ -207,6 +212,8 @@ async def main_group(
     if expose_only_services:
         only_hosts = frozenset(h.strip() for h in expose_only_services.split(",") if h.strip())
     peer_addresses = tuple(parse_peer_address(p) for value in peers for p in value.split(",") if p.strip())
+    if relay_url is not None and not relay_url.startswith(("ws://", "wss://")):
+        raise ConfigError(f"--relay: expected a ws:// or wss:// URL, got {relay_url!r}")
     # Direct mode (explicit addresses) needs no DHT; anything else finds peers on it.
     use_dht = bool(bootstrap) or (peer_port is None and not peer_addresses)
     if use_dht and peer_port is None:
@@ -246,6 +253,7 @@ async def main_group(
         docker_helper_kind=docker_helper_kind,
         listen_explicit=ctx.get_parameter_source("listen") is not click.core.ParameterSource.DEFAULT,
         dht_bootstrap=bootstrap_nodes if use_dht else None,
+        relay_url=relay_url,
     )
     node = Node.build(config, policy_source)
     log.info(
@@ -309,6 +317,22 @@ async def dht(host: str, port: int, bootstrap: tuple[str, ...], bootstrap_mode: 
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
         log.info("event=dht_node_running address=%s bootstrap_mode=%s", node.address, bootstrap_mode)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                break
+        nursery.cancel_scope.cancel()
+
+
+@main_group.command()
+@click.option("--host", default="0.0.0.0", show_default=True, envvar=_env("RELAY_HOST"), help="Address the relay listens on (127.0.0.1 behind a reverse proxy).")
+@click.option("--port", type=click.IntRange(0, 65535), default=49738, show_default=True, envvar=_env("RELAY_PORT"), help="TCP port of the relay's WebSocket endpoint.")
+@click.option("--path", default="", metavar="PATH", envvar=_env("RELAY_PATH"), help="Serve only this URL path, e.g. /hypergate (default: any path).")
+async def relay(host: str, port: int, path: str) -> None:
+    """Run a WebSocket relay for peers that cannot reach each other directly."""
+    from .transport.relay import run_relay_command
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_relay_command, host, port, path or None)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 break

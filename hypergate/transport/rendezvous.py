@@ -30,6 +30,7 @@ from ..dht.messages import PeerRecord
 from ..dht.node import DHTError, DHTNode, PeerMessage, PeerReply
 from ..errors import HandshakeError, ProtocolError
 from ..wire import rendezvous as rv
+from .relay import RelayError, open_relay_stream, relay_capability
 
 if TYPE_CHECKING:
     from ..router import Router
@@ -73,9 +74,11 @@ class _Ready:
 
 
 class DhtRendezvous:
-    def __init__(self, router: Router, node: DHTNode) -> None:
+    def __init__(self, router: Router, node: DHTNode, relay_url: str | None = None) -> None:
         self.router = router
         self.node = node
+        # A WebSocket relay where we also wait for clients that reach us no other way.
+        self.relay_url = relay_url
         signing_key = router.identity.signing_key
         self.key_pair = KeyPair(bytes(signing_key.verify_key), signing_key)
         self.topic = router.keys.topic
@@ -209,6 +212,8 @@ class DhtRendezvous:
             info = rv.decode_ready(ready.body)
             addresses, their_punch = info.addresses, info.punch
             stream, kind = await self._open_paths(addresses, punch_sock, their_punch)
+            if stream is None and info.relay:
+                stream, kind = await self._join_relay(info.relay, session_id, name), "relayed"
             if stream is None:
                 log.warning(
                     "peer=%s event=unreachable addresses=%s punch=%s",
@@ -217,9 +222,9 @@ class DhtRendezvous:
                 )
                 return None
             await stream.send_all(rv.RESUME_MAGIC + session_id)
-            host, port = stream.socket.getpeername()[:2]
-            log.info("peer=%s event=link_path kind=%s remote=%s:%s", name, kind, host, port)
-            return stream, handshake, f"{host}:{port}"
+            remote = _describe_remote(stream)
+            log.info("peer=%s event=link_path kind=%s remote=%s", name, kind, remote)
+            return stream, handshake, remote
         return None
 
     async def _exchange(self, public_key, relay, step, session_id, body, expect):
@@ -230,6 +235,49 @@ class DhtRendezvous:
         if answer.step != expect or answer.session_id != session_id:
             raise rv.RendezvousError(f"unexpected relayed answer {answer.step.name}")
         return answer
+
+    async def _join_relay(self, url: str, session_id: bytes, name: str):
+        """The last resort: meet the peer at its relay; the link stays end-to-end encrypted."""
+        try:
+            return await open_relay_stream(url, relay_capability(self.topic), session_id, "join")
+        except RelayError as exc:
+            log.warning("peer=%s event=relay_join_failed relay=%s error=%r", name, url, str(exc))
+            return None
+
+    async def _wait_on_relay(self, session_id: bytes) -> None:
+        """Our side of a relayed path: wait at our relay for the client, then resume."""
+        assert self.relay_url is not None
+        try:
+            stream = await open_relay_stream(
+                self.relay_url, relay_capability(self.topic), session_id, "wait", timeout=PENDING_TTL_S + 10
+            )
+        except RelayError as exc:
+            log.debug("event=relay_wait_ended reason=%r", str(exc))  # the client took another path
+            return
+        await self._resume_on(stream, session_id, "relayed")
+
+    async def _resume_on(self, stream, session_id: bytes, kind: str) -> None:
+        """A path the client opened to us other than our listener: read its resume header."""
+        wanted = len(rv.RESUME_MAGIC) + rv.SESSION_ID_SIZE
+        header = b""
+        try:
+            with trio.fail_after(limits.HANDSHAKE_TIMEOUT_S):
+                while len(header) < wanted:
+                    chunk = await stream.receive_some(wanted - len(header))
+                    if not chunk:
+                        break
+                    header += chunk
+        except (trio.BrokenResourceError, trio.TooSlowError):
+            header = b""
+        ready = self._ready.get(session_id)
+        if header != rv.RESUME_MAGIC + session_id or ready is None:
+            await trio.aclose_forcefully(stream)  # the client took another path
+            return
+        del self._ready[session_id]
+        remote = _describe_remote(stream)
+        log.info("peer=%s event=link_path kind=%s remote=%s", message_name(ready), kind, remote)
+        link = SecureLink(stream, ready.handshake.result, b"", initiator=False)
+        await self.router.serve_link(link, remote)
 
     async def _punch_socket(self):
         """A TCP socket bound to a port of its own, and the address the other side should
@@ -322,7 +370,9 @@ class DhtRendezvous:
                     punch_sock.close()
                 else:
                     self._nursery.start_soon(self._punch_from_server, punch_sock, their_punch, sid)
-            body = rv.encode_addresses(self._my_addresses(message), my_punch)
+            if self.relay_url is not None and self._nursery is not None:
+                self._nursery.start_soon(self._wait_on_relay, sid)
+            body = rv.ReadyInfo(self._my_addresses(message), my_punch, self.relay_url).encode()
             reply = rv.RendezvousMessage(rv.Step.READY, sid, body).encode()
             self._ready[sid] = _Ready(pending.handshake, reply, trio.current_time())
             return PeerReply(reply)
@@ -332,27 +382,8 @@ class DhtRendezvous:
         """Our half of the simultaneous open; the client then resumes on it as on a
         connection to our listener."""
         stream = await _simultaneous_open(sock, their_punch)
-        if stream is None:
-            return
-        try:
-            with trio.fail_after(limits.HANDSHAKE_TIMEOUT_S):
-                header = b""
-                while len(header) < len(rv.RESUME_MAGIC) + rv.SESSION_ID_SIZE:
-                    chunk = await stream.receive_some(len(rv.RESUME_MAGIC) + rv.SESSION_ID_SIZE - len(header))
-                    if not chunk:
-                        break
-                    header += chunk
-        except (trio.BrokenResourceError, trio.TooSlowError):
-            header = b""
-        ready = self._ready.get(session_id)
-        if header != rv.RESUME_MAGIC + session_id or ready is None:
-            await trio.aclose_forcefully(stream)  # the client took another path
-            return
-        del self._ready[session_id]
-        host, port = stream.socket.getpeername()[:2]
-        log.info("peer=%s event=link_path kind=punched remote=%s:%s", message_name(ready), host, port)
-        link = SecureLink(stream, ready.handshake.result, b"", initiator=False)
-        await self.router.serve_link(link, f"{host}:{port}")
+        if stream is not None:
+            await self._resume_on(stream, session_id, "punched")
 
     def _expire(self) -> None:
         cutoff = trio.current_time() - PENDING_TTL_S
@@ -431,6 +462,17 @@ async def _simultaneous_open(sock, their_punch) -> trio.SocketStream | None:
         return None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return trio.SocketStream(sock)
+
+
+def _describe_remote(stream) -> str:
+    sock = getattr(stream, "socket", None)
+    if sock is not None:
+        try:
+            host, port = sock.getpeername()[:2]
+            return f"{host}:{port}"
+        except OSError:
+            pass
+    return getattr(stream, "url", "relay")
 
 
 @functools.lru_cache(maxsize=64)

@@ -10,7 +10,7 @@ either way.
 
 Cost per message is what limits latency and connection rate, and in trio it is counted
 in task switches: so the socket is read with one scheduling point per read (not two,
-`_receive`), and data from the peer is written to the socket straight from the session's
+`_SocketReader`), and data from the peer is written to the socket straight from the session's
 reader when the socket takes it at once (`Channel.sink`), waking this pump only for what
 does not fit. Shaped directions keep the plain path: every byte waits for its tokens.
 """
@@ -43,23 +43,35 @@ def abort_socket(stream: trio.SocketStream) -> None:
     stream.socket.close()
 
 
-async def _receive(sock: trio.socket.SocketType, size: int) -> bytes:
-    """One read, like `SocketStream.receive_some`, with one scheduling point instead of
-    two: after waiting for readability the read returns without another yield; a read
-    that did not wait yields once, so a busy socket cannot starve other tasks."""
-    waited = False
-    while True:
-        fd = sock.fileno()
-        if fd < 0:
-            raise trio.ClosedResourceError("socket was closed")
-        try:
-            data = os.read(fd, size)
-        except BlockingIOError:
+class _SocketReader:
+    """Reads like `SocketStream.receive_some`, in fewer syscalls and task switches: after
+    a short read (the socket is drained) it waits for readability instead of trying a
+    read that would fail, and after a wait it reads without yielding again; a read that
+    did not wait yields once, so a busy socket cannot starve other tasks."""
+
+    def __init__(self, sock: trio.socket.SocketType) -> None:
+        self._sock = sock
+        self._drained = False
+
+    async def read(self, size: int) -> bytes:
+        sock = self._sock
+        waited = False
+        if self._drained:
             await trio.lowlevel.wait_readable(sock)
             waited = True
-            continue
+        while True:
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("socket was closed")
+            try:
+                data = os.read(fd, size)
+                break
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                waited = True
         if not waited:
             await trio.lowlevel.checkpoint()
+        self._drained = len(data) < size
         return data
 
 
@@ -82,9 +94,10 @@ async def splice_tcp(
         nursery.cancel_scope.cancel()
 
     async def socket_to_channel() -> None:
+        reader = _SocketReader(stream.socket)
         try:
             while True:
-                data = await _receive(stream.socket, read_size)
+                data = await reader.read(read_size)
                 if not data:
                     await channel.send_eof()
                     return

@@ -50,6 +50,9 @@ CONNECT_TIMEOUT_S = 5.0
 CONNECT_STAGGER_S = 0.25
 # A punch that has not connected by then will not: the SYNs were dropped for good.
 PUNCH_TIMEOUT_S = 8.0
+# Direct and punched paths get this head start before the relay is tried as well: they
+# connect within a round trip or two when they can at all, and cost the relay nothing.
+RELAY_HEAD_START_S = 2.0
 # A peer we failed to reach is left alone this long before the next try.
 DIAL_BACKOFF_S = 30.0
 
@@ -211,9 +214,8 @@ class DhtRendezvous:
             log.info("peer=%s relay=%s event=handshake_relayed", name, relay)
             info = rv.decode_ready(ready.body)
             addresses, their_punch = info.addresses, info.punch
-            stream, kind = await self._open_paths(addresses, punch_sock, their_punch)
-            if stream is None and info.relay:
-                stream, kind = await self._join_relay(info.relay, session_id, name), "relayed"
+            relay_join = functools.partial(self._join_relay, info.relay, session_id, name) if info.relay else None
+            stream, kind = await self._open_paths(addresses, punch_sock, their_punch, relay_join)
             if stream is None:
                 log.warning(
                     "peer=%s event=unreachable addresses=%s punch=%s",
@@ -288,10 +290,11 @@ class DhtRendezvous:
         public_host = self.node.nat.host
         return sock, ((public_host, sock.getsockname()[1]) if public_host else None)
 
-    async def _open_paths(self, addresses, punch_sock, their_punch):
+    async def _open_paths(self, addresses, punch_sock, their_punch, relay_join=None):
         """Race the peer's direct addresses (staggered: a NAT's public address may silently
-        drop us while the LAN one works) against a simultaneous-open punch; the first
-        connection wins, the others are closed. Returns (stream, "direct"|"punched")."""
+        drop us while the LAN one works), a simultaneous-open punch and, after a short
+        head start for those, the peer's relay; the first connection wins, the others are
+        closed. Returns (stream, "direct"|"punched"|"relayed")."""
         winner: list = []
 
         async def finish(stream: trio.SocketStream, kind: str, nursery: trio.Nursery) -> None:
@@ -315,11 +318,19 @@ class DhtRendezvous:
             if stream is not None:
                 await finish(stream, "punched", nursery)
 
+        async def relayed(nursery: trio.Nursery) -> None:
+            await trio.sleep(RELAY_HEAD_START_S)
+            stream = await relay_join()
+            if stream is not None:
+                await finish(stream, "relayed", nursery)
+
         async with trio.open_nursery() as nursery:
             for index, (host, port) in enumerate(addresses):
                 nursery.start_soon(direct, host, port, index * CONNECT_STAGGER_S, nursery)
             if their_punch is not None:
                 nursery.start_soon(punch, nursery)
+            if relay_join is not None:
+                nursery.start_soon(relayed, nursery)
         if not winner or winner[0][1] != "punched":
             punch_sock.close()
         return winner[0] if winner else (None, None)

@@ -44,7 +44,9 @@ class Channel:
         "reset_reason", "bytes_in", "bytes_out", "sink", "__weakref__",
     )
 
-    def __init__(self, session: MuxSession, channel_id: int, request: OpenRequest) -> None:
+    def __init__(
+        self, session: MuxSession, channel_id: int, request: OpenRequest, outgoing: bool = False
+    ) -> None:
         self.session = session
         self.id = channel_id
         self.request = request
@@ -56,7 +58,9 @@ class Channel:
         self._inbox: collections.deque[bytes | memoryview] | tuple[()] = ()
         self._inbox_changed = trio.lowlevel.ParkingLot()
         self._send_progress: trio.lowlevel.ParkingLot | None = None  # made when a sender waits
-        self.accepted = trio.Event()  # set when the other side confirmed the open
+        # Channels we open: set when the other side confirmed the open. Incoming channels
+        # have nothing to wait for (and 10,000 idle ones would pay ~0.5 KB each for it).
+        self.accepted: trio.Event | None = trio.Event() if outgoing else None
         self.local_fin = False
         self.remote_fin = False
         self.reset_reason: ResetReason | None = None
@@ -180,7 +184,8 @@ class Channel:
 
     def _mark_reset(self, reason: ResetReason) -> None:
         self.reset_reason = reason
-        self.accepted.set()
+        if self.accepted is not None:
+            self.accepted.set()
         self._inbox_changed.unpark_all()
         if self._send_progress is not None:
             self._send_progress.unpark_all()

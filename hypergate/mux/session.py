@@ -179,7 +179,7 @@ class MuxSession:
             raise ChannelReset(ResetReason(ResetCode.GOING_AWAY, f"session {self.name} is closing"))
         channel_id = self._next_id
         self._next_id += 2
-        channel = Channel(self, channel_id, request)
+        channel = Channel(self, channel_id, request, outgoing=True)
         self._channels[channel_id] = channel
         self._queue_control(encode_frame(FrameType.OPEN, channel_id, payload=msgs.encode_open(request)))
         with trio.move_on_after(timeout):
@@ -425,7 +425,7 @@ class MuxSession:
             self._on_open(frame.channel, frame.payload)
         elif ftype is FrameType.ACCEPT:
             channel = self._channels.get(frame.channel)
-            if channel is not None:
+            if channel is not None and channel.accepted is not None:
                 channel.accepted.set()
         elif ftype is FrameType.RESET:
             channel = self._channels.get(frame.channel)

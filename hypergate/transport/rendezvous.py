@@ -211,7 +211,7 @@ class DhtRendezvous:
                 log.info("peer=%s relay=%s event=relay_failed error=%r", name, relay, str(exc) or type(exc).__name__)
                 punch_sock.close()
                 continue
-            log.info("peer=%s relay=%s event=handshake_relayed", name, relay)
+            log.info("peer=%s relay=%s event=handshake_relayed firewall=%s", name, relay, self.firewall())
             info = rv.decode_ready(ready.body)
             addresses, their_punch = info.addresses, info.punch
             relay_join = functools.partial(self._join_relay, info.relay, session_id, name) if info.relay else None
@@ -281,14 +281,27 @@ class DhtRendezvous:
         link = SecureLink(stream, ready.handshake.result, b"", initiator=False)
         await self.router.serve_link(link, remote)
 
+    def firewall(self) -> str:
+        """Our firewall as DHT nodes report it, as hyperdht classifies: "open" (reachable),
+        "consistent" (a NAT that keeps our port), "random" (a new port per destination),
+        or "unknown" (not enough answers yet)."""
+        if not self.node.firewalled:
+            return "open"
+        if self.node.nat.host is None:
+            return "unknown"
+        return "consistent" if self.node.nat.port else "random"
+
     async def _punch_socket(self):
         """A TCP socket bound to a port of its own, and the address the other side should
-        aim at: our public IP as DHT nodes see it, with that port (kept by consistent NATs)."""
+        aim at: our public IP as DHT nodes see it, with that port. None for the address
+        behind a random NAT, where the port the other side would aim at does not exist."""
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         await sock.bind(("0.0.0.0", 0))
         public_host = self.node.nat.host
-        return sock, ((public_host, sock.getsockname()[1]) if public_host else None)
+        if public_host is None or self.firewall() == "random":
+            return sock, None
+        return sock, (public_host, sock.getsockname()[1])
 
     async def _open_paths(self, addresses, punch_sock, their_punch, relay_join=None):
         """Race the peer's direct addresses (staggered: a NAT's public address may silently
@@ -319,7 +332,9 @@ class DhtRendezvous:
                 await finish(stream, "punched", nursery)
 
         async def relayed(nursery: trio.Nursery) -> None:
-            await trio.sleep(RELAY_HEAD_START_S)
+            # Nothing to wait for when no punch is possible and the peer gave no address.
+            if their_punch is not None or addresses:
+                await trio.sleep(RELAY_HEAD_START_S)
             stream = await relay_join()
             if stream is not None:
                 await finish(stream, "relayed", nursery)

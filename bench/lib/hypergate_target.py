@@ -36,6 +36,8 @@ def hypergate_command() -> list[str]:
 class Hypergate(Target):
     name = "hypergate"
     description = "hypergate provider + gateway on loopback (Noise, mux)"
+    # Gates open once the provider's routes reach the gateway.
+    ready_timeout = P2P_READY_TIMEOUT
 
     def __init__(self, workdir: Path, verbose: bool = False):
         super().__init__(workdir)
@@ -79,8 +81,3 @@ class Hypergate(Target):
         self.spawn("hypergate-gateway",
                    [*self.command, "--router", secret_hex, "--gateway", "--listen", "127.0.0.1",
                     "--peer", f"127.0.0.1:{peer_port}", *extra], cwd=REPO_ROOT, side="entry")
-
-    def start(self, services: list[Service]) -> dict[str, int]:
-        self._start(services)
-        self.wait_ready(services, P2P_READY_TIMEOUT)
-        return self.ports

@@ -32,6 +32,7 @@ from bench.lib.procs import (
     free_port,
     python_module,
     raise_open_file_limit,
+    stop_on_sigterm,
     wait_for_tcp,
     which,
 )
@@ -352,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     open_files = raise_open_file_limit()
+    stop_on_sigterm()
     if args.workdir:
         workdir = Path(args.workdir)
         workdir.mkdir(parents=True, exist_ok=True)

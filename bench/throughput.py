@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from bench.lib import measure
-from bench.lib.procs import raise_open_file_limit
+from bench.lib.procs import raise_open_file_limit, stop_on_sigterm
 from bench.lib.report import render_table, build_rows
 from bench.run import Backend, Bench, parse_args as parse_suite_args
 
@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     raise_open_file_limit()
+    stop_on_sigterm()
     if args.workdir:
         workdir = Path(args.workdir)
         workdir.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ Every wait here has a deadline: a benchmark that hangs tells us nothing.
 from __future__ import annotations
 
 import logging
+import ctypes
 import os
 import resource
 import shutil
@@ -25,6 +26,7 @@ WANTED_OPEN_FILES = 20_000
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 REPO_ROOT = Path(__file__).resolve().parents[2]
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class BenchError(Exception):
@@ -107,6 +109,7 @@ class Managed:
             env=env,
             # Own process group: a stop reaches the children it forked (socat, sshd).
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
 
     @property
@@ -169,6 +172,23 @@ class Managed:
             os.killpg(self.pid, signum)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the benchmark dies, even by SIGKILL, so no tunnel or
+    server outlives the run that started it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def stop_on_sigterm() -> None:
+    """Turn SIGTERM (e.g. from `timeout`) into SystemExit, so cleanup code runs."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, handler)
 
 
 def python_module(module: str, *args: str) -> list[str]:

@@ -63,13 +63,41 @@ SERVICE_CONNECT_TIMEOUT_S = 10.0
 SOCKET_READ_SIZE = MAX_FRAME_PAYLOAD
 # UDP: a flow with no datagram in either direction for this long is closed.
 UDP_IDLE_TIMEOUT_S = 300.0
-# UDP flows one gate keeps at once; the oldest idle flow is closed past it.
+# UDP flows one gate keeps at once; past it, datagrams of new client addresses are dropped
+# (and counted) until flows expire, so a flood of source addresses cannot exhaust memory.
 MAX_UDP_FLOWS_PER_GATE = 4096
 # Largest UDP payload over IPv4/IPv6 without jumbograms.
 MAX_DATAGRAM = 65535
+# A gate whose port cannot be bound (in use, no permission, an address not up yet, as a
+# Podman bridge before its first container) is retried with backoff up to this.
+GATE_RETRY_MIN_S = 1.0
+GATE_RETRY_MAX_S = 30.0
+# Datagrams of a new UDP flow kept while its channel opens; more are dropped.
+UDP_PENDING_DATAGRAMS = 64
 # Fetching a services or policy file from a URL.
 URL_FETCH_TIMEOUT_S = 10.0
 MAX_URL_DOCUMENT = 8 * 1024 * 1024
+
+# --- transport/rendezvous.py: peers met on the DHT -------------------------------------
+
+# Relayed handshakes waiting for their next message, and finished ones waiting for the
+# client's TCP connection: bounded, and forgotten after this long.
+RENDEZVOUS_PENDING_TTL_S = 30.0
+RENDEZVOUS_MAX_PENDING = 256
+# Lookups of the router topic: quickly at first (peers start together), then calmly.
+RENDEZVOUS_LOOKUP_INTERVALS_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+# Announcement of the topic record: refreshed well inside the DHT's 20-minute expiry.
+RENDEZVOUS_TOPIC_REANNOUNCE_S = 300.0
+RENDEZVOUS_RELAYED_STEP_TIMEOUT_S = 10.0
+RENDEZVOUS_CONNECT_TIMEOUT_S = 5.0
+RENDEZVOUS_CONNECT_STAGGER_S = 0.25
+# A punch that has not connected by then will not: the SYNs were dropped for good.
+RENDEZVOUS_PUNCH_TIMEOUT_S = 8.0
+# Direct and punched paths get this head start before the relay is tried as well: they
+# connect within a round trip or two when they can at all, and cost the relay nothing.
+RENDEZVOUS_RELAY_HEAD_START_S = 2.0
+# A peer we failed to reach is left alone this long before the next try.
+RENDEZVOUS_DIAL_BACKOFF_S = 30.0
 
 # --- policy/ and http/ (ingress policy, shaping, /unlimited, fingerprint resolver) ------
 

@@ -29,12 +29,6 @@ from .routes import ExposurePolicy, GateKey, RouteTable
 
 log = logging.getLogger(__name__)
 
-# A gate whose port cannot be bound (in use, no permission, an address not up yet, as a
-# Podman bridge before its first container) is retried with backoff up to this.
-GATE_RETRY_MIN_S = 1.0
-GATE_RETRY_MAX_S = 30.0
-# Datagrams of a new UDP flow kept while its channel opens; more are dropped.
-UDP_PENDING_DATAGRAMS = 64
 
 
 # (client ip, gate, the route chosen) -> Admission.
@@ -120,7 +114,7 @@ class Gateway:
     async def _run_gate(self, key: GateKey, scope: trio.CancelScope) -> None:
         with scope:
             try:
-                retry_s = GATE_RETRY_MIN_S
+                retry_s = limits.GATE_RETRY_MIN_S
                 while True:
                     try:
                         if key.protocol == "udp":
@@ -133,7 +127,7 @@ class Gateway:
                             key, self.listen_host, exc.strerror or str(exc), retry_s,
                         )
                     await trio.sleep(retry_s)
-                    retry_s = min(retry_s * 2, GATE_RETRY_MAX_S)
+                    retry_s = min(retry_s * 2, limits.GATE_RETRY_MAX_S)
             finally:
                 if self.open_gates.pop(key, None) is not None:
                     log.info("gate=%s event=gate_closed", key)
@@ -275,7 +269,7 @@ class _UdpFlow:
     def push(self, datagram: bytes) -> bool:
         self.idle.touch()
         if self.channel is None:
-            if len(self.pending) >= UDP_PENDING_DATAGRAMS:
+            if len(self.pending) >= limits.UDP_PENDING_DATAGRAMS:
                 return False
             self.pending.append(datagram)
             return True

@@ -37,24 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Relayed handshakes waiting for their next message, and finished ones waiting for the
-# client's TCP connection: bounded, and forgotten after this long.
-PENDING_TTL_S = 30.0
-MAX_PENDING = 256
-# Lookups of the router topic: quickly at first (peers start together), then calmly.
-LOOKUP_INTERVALS_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
-# Announcement of the topic record: refreshed well inside the DHT's 20-minute expiry.
-TOPIC_REANNOUNCE_S = 300.0
-RELAYED_STEP_TIMEOUT_S = 10.0
-CONNECT_TIMEOUT_S = 5.0
-CONNECT_STAGGER_S = 0.25
-# A punch that has not connected by then will not: the SYNs were dropped for good.
-PUNCH_TIMEOUT_S = 8.0
-# Direct and punched paths get this head start before the relay is tried as well: they
-# connect within a round trip or two when they can at all, and cost the relay nothing.
-RELAY_HEAD_START_S = 2.0
-# A peer we failed to reach is left alone this long before the next try.
-DIAL_BACKOFF_S = 30.0
 
 
 def noise_key_of(ed25519_public_key: bytes) -> bytes:
@@ -125,7 +107,7 @@ class DhtRendezvous:
                     )
                 except DHTError as exc:
                     log.warning("event=topic_announce_failed error=%r", str(exc))
-                with trio.move_on_after(TOPIC_REANNOUNCE_S if relays else LOOKUP_INTERVALS_S[2]):
+                with trio.move_on_after(limits.RENDEZVOUS_TOPIC_REANNOUNCE_S if relays else limits.RENDEZVOUS_LOOKUP_INTERVALS_S[2]):
                     await announcer.changed.wait()
         finally:
             with trio.move_on_after(limits.DIAL_TIMEOUT_S) as scope:
@@ -150,7 +132,7 @@ class DhtRendezvous:
                 if self._should_dial(public_key):
                     self._dialing.add(public_key)
                     nursery.start_soon(self._dial, record)
-            interval = LOOKUP_INTERVALS_S[min(step, len(LOOKUP_INTERVALS_S) - 1)]
+            interval = limits.RENDEZVOUS_LOOKUP_INTERVALS_S[min(step, len(limits.RENDEZVOUS_LOOKUP_INTERVALS_S) - 1)]
             step += 1
             with trio.move_on_after(interval):
                 await self._lookup_now.wait()
@@ -172,7 +154,7 @@ class DhtRendezvous:
         finally:
             self._dialing.discard(public_key)
         if outcome is None:
-            self._retry_at[public_key] = trio.current_time() + DIAL_BACKOFF_S
+            self._retry_at[public_key] = trio.current_time() + limits.RENDEZVOUS_DIAL_BACKOFF_S
             return
         stream, handshake, address = outcome
         link = SecureLink(stream, handshake.result, b"", initiator=True)
@@ -192,7 +174,7 @@ class DhtRendezvous:
             handshake = NoiseHandshake(initiator=True, identity=self.router.identity, router=self.router.keys)
             punch_sock, my_punch = await self._punch_socket()
             try:
-                with trio.fail_after(2 * RELAYED_STEP_TIMEOUT_S):
+                with trio.fail_after(2 * limits.RENDEZVOUS_RELAYED_STEP_TIMEOUT_S):
                     first = await self._exchange(public_key, relay, rv.Step.OPEN, session_id,
                                                  handshake.next_outgoing()[FRAME_OVERHEAD:], rv.Step.REPLY)
                     handshake.receive(first.body)
@@ -231,7 +213,7 @@ class DhtRendezvous:
 
     async def _exchange(self, public_key, relay, step, session_id, body, expect):
         message = rv.RendezvousMessage(step, session_id, body).encode()
-        with trio.fail_after(RELAYED_STEP_TIMEOUT_S):
+        with trio.fail_after(limits.RENDEZVOUS_RELAYED_STEP_TIMEOUT_S):
             reply = await self.node.peer_handshake(public_key, message, relay)
         answer = rv.decode(reply.noise)
         if answer.step != expect or answer.session_id != session_id:
@@ -251,7 +233,7 @@ class DhtRendezvous:
         assert self.relay_url is not None
         try:
             stream = await open_relay_stream(
-                self.relay_url, relay_capability(self.topic), session_id, "wait", timeout=PENDING_TTL_S + 10
+                self.relay_url, relay_capability(self.topic), session_id, "wait", timeout=limits.RENDEZVOUS_PENDING_TTL_S + 10
             )
         except RelayError as exc:
             log.debug("event=relay_wait_ended reason=%r", str(exc))  # the client took another path
@@ -320,7 +302,7 @@ class DhtRendezvous:
         async def direct(host: str, port: int, delay: float, nursery: trio.Nursery) -> None:
             await trio.sleep(delay)
             try:
-                with trio.fail_after(CONNECT_TIMEOUT_S):
+                with trio.fail_after(limits.RENDEZVOUS_CONNECT_TIMEOUT_S):
                     stream = await trio.open_tcp_stream(host, port)
             except (OSError, trio.TooSlowError):
                 return
@@ -334,14 +316,14 @@ class DhtRendezvous:
         async def relayed(nursery: trio.Nursery) -> None:
             # Nothing to wait for when no punch is possible and the peer gave no address.
             if their_punch is not None or addresses:
-                await trio.sleep(RELAY_HEAD_START_S)
+                await trio.sleep(limits.RENDEZVOUS_RELAY_HEAD_START_S)
             stream = await relay_join()
             if stream is not None:
                 await finish(stream, "relayed", nursery)
 
         async with trio.open_nursery() as nursery:
             for index, (host, port) in enumerate(addresses):
-                nursery.start_soon(direct, host, port, index * CONNECT_STAGGER_S, nursery)
+                nursery.start_soon(direct, host, port, index * limits.RENDEZVOUS_CONNECT_STAGGER_S, nursery)
             if their_punch is not None:
                 nursery.start_soon(punch, nursery)
             if relay_join is not None:
@@ -363,7 +345,7 @@ class DhtRendezvous:
             pending = self._pending.get(sid)
             if pending is not None:  # the same message 1 again (retry, or a second relay)
                 return PeerReply(pending.reply)
-            if len(self._pending) >= MAX_PENDING:
+            if len(self._pending) >= limits.RENDEZVOUS_MAX_PENDING:
                 log.warning("event=relayed_handshake_dropped reason='too many pending'")
                 return None
             handshake = NoiseHandshake(initiator=False, identity=self.router.identity, router=self.router.keys)
@@ -381,7 +363,7 @@ class DhtRendezvous:
             if ready is not None:
                 return PeerReply(ready.reply)
             pending = self._pending.pop(sid, None)
-            if pending is None or len(self._ready) >= MAX_PENDING:
+            if pending is None or len(self._ready) >= limits.RENDEZVOUS_MAX_PENDING:
                 return None
             try:
                 third, their_punch = rv.decode_finish(incoming.body)
@@ -412,7 +394,7 @@ class DhtRendezvous:
             await self._resume_on(stream, session_id, "punched")
 
     def _expire(self) -> None:
-        cutoff = trio.current_time() - PENDING_TTL_S
+        cutoff = trio.current_time() - limits.RENDEZVOUS_PENDING_TTL_S
         for table in (self._pending, self._ready):
             for sid in [sid for sid, entry in table.items() if entry.created < cutoff]:
                 del table[sid]
@@ -481,7 +463,7 @@ async def _simultaneous_open(sock, their_punch) -> trio.SocketStream | None:
     kernel retransmits the SYN; the other side does the same towards us, so once both
     NATs have a mapping the SYNs cross and one TCP connection results."""
     try:
-        with trio.fail_after(PUNCH_TIMEOUT_S):
+        with trio.fail_after(limits.RENDEZVOUS_PUNCH_TIMEOUT_S):
             await sock.connect(their_punch)
     except (OSError, trio.TooSlowError):
         sock.close()

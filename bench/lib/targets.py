@@ -267,7 +267,7 @@ class Hypertele(Target):
     description = "Node.js hypertele (Hyperswarm) over a local hyperdht testnet"
     unsupported = {"udp": "hypertele forwards TCP only"}
     # After iperf3 it holds gigabytes of queued data and drains them for minutes.
-    fresh_before = ("tcp_",)
+    fresh_before = ("tcp_", "scale")
     # Its SIGTERM handler leaves the DHT politely, which takes longer than we care for.
     stop_grace = 1.0
     # Each probe makes the client look the server up in the DHT; hasty probes pile up

@@ -133,6 +133,11 @@ class MuxSession:
             return
         self.going_away = True
         self._queue_control(encode_frame(FrameType.GO_AWAY, 0, value=GoAwayCode.NORMAL))
+        # A UDP flow has no end to wait for (it only expires when idle): end those now, and
+        # give the grace period to connections that can finish.
+        for channel in list(self._channels.values()):
+            if channel.request.protocol == "udp":
+                channel.reset(ResetCode.GOING_AWAY, "peer shut down")
         with trio.move_on_after(grace):
             while self._channels:
                 await self._progress.park()

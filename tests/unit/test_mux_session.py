@@ -205,3 +205,18 @@ async def test_link_loss_resets_open_channels(nursery):
         with trio.fail_after(5):
             await channel.receive()
     assert info.value.reason.code == ResetCode.LINK_CLOSED
+
+
+async def test_go_away_ends_udp_flows_at_once_but_waits_for_tcp(nursery, autojump_clock):
+    async def hold(channel):
+        channel.accept()
+        await trio.sleep_forever()
+
+    a, b = await linked_sessions(nursery, on_channel_b=hold)
+    udp = await a.open_channel(OpenRequest(gatePort=53, protocol="udp"))
+    tcp = await a.open_channel(REQ)
+    start = trio.current_time()
+    await a.close(grace=5)
+    assert udp.reset_reason.code == ResetCode.GOING_AWAY and udp.reset_reason.message == "peer shut down"
+    assert trio.current_time() - start >= 5  # the TCP channel got its grace period
+    assert tcp.reset_reason is not None

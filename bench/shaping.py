@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.shaping                 # 10, 50, 200 Mbit/s, 3 s each
     .venv/bin/python -m bench.shaping --seconds 5 --limits 10,50 --json out.json
     .venv/bin/python -m bench.shaping --through relay # the Shaper alone, in a trio relay
+    .venv/bin/python -m bench.shaping --cost          # iperf3: no policy / policy / shaper on
 
 By default each row runs a real provider (with `--ingressPolicy` setting
 `defaults.bandwidthLimit.mbps` to the row's limit) and a real gateway, and a client sends
@@ -53,7 +54,7 @@ async def shaped_pump(source: trio.abc.ReceiveStream, dest: trio.abc.SendStream,
 class _Tunnel:
     """A provider (with the row's policy) and a gateway on loopback, direct mode."""
 
-    def __init__(self, sink_port: int, limit: BandwidthLimit | None) -> None:
+    def __init__(self, sink_port: int, limit: BandwidthLimit | None, policy: dict | None = None) -> None:
         import subprocess
 
         from bench.lib.hypergate_target import hypergate_command
@@ -63,24 +64,28 @@ class _Tunnel:
         secret = subprocess.run([*command, "--new"], capture_output=True, text=True, check=True).stdout.strip()
         self.gate_port, peer_port = free_port(), free_port()
         services = json.dumps([{"gatePort": self.gate_port, "serviceHost": "127.0.0.1", "servicePort": sink_port}])
-        policy = ["--ingressPolicy", json.dumps({"defaults": {"bandwidthLimit": {"mbps": limit.mbps}}})] if limit else []
+        if policy is None and limit is not None:
+            policy = {"defaults": {"bandwidthLimit": {"mbps": limit.mbps}}}
+        policy = ["--ingressPolicy", json.dumps(policy)] if policy else []
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
         self.processes = [
             subprocess.Popen([*command, "--router", secret, "--provider", services, "--peerPort", str(peer_port),
                               "--peerHost", "127.0.0.1", "--fingerprintResolverPort", "0", *policy], **quiet),
-            subprocess.Popen([*command, "--router", secret, "--gateway", "--peer", f"127.0.0.1:{peer_port}"], **quiet),
+            subprocess.Popen([*command, "--router", secret, "--gateway", "--peer", f"127.0.0.1:{peer_port}"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True),
         ]
 
     async def wait_open(self, timeout: float = 30.0) -> None:
+        """Until the gateway logs the gate open (no probe connection: one would reach the
+        service as a stray connection, which breaks an iperf3 server)."""
+        gateway = self.processes[1]
         with trio.fail_after(timeout):
             while True:
-                try:
-                    probe = await trio.open_tcp_stream("127.0.0.1", self.gate_port)
-                except OSError:
-                    await trio.sleep(0.1)  # gate not open yet; bounded by fail_after
-                    continue
-                await probe.aclose()
-                return
+                line = await trio.to_thread.run_sync(gateway.stderr.readline, abandon_on_cancel=True)
+                if not line:
+                    raise RuntimeError("the gateway exited before opening its gate")
+                if f"gate={self.gate_port}/tcp event=gate_open" in line:
+                    return
 
     def stop(self) -> None:
         for process in self.processes:
@@ -184,6 +189,55 @@ def render(rows: list[dict[str, float | None]], write: Callable[[str], object]) 
         write(f"{limit:>12} {row['measured_mbps']:>10.2f} {steady:>12} {ratio:>7} {row['seconds']:>8.2f}")
 
 
+COST_CASES = {
+    "no policy": None,
+    "policy, no limit": {"defaults": {"allow": True, "labels": ["bench"]}},
+    "limit far above the link (shaper on)": {"defaults": {"bandwidthLimit": {"mbps": 1_000_000}}},
+}
+
+
+async def measure_cost(seconds: float) -> list[dict]:
+    """What enabling policies and shaping costs: iperf3 through the tunnel, same run."""
+    import shutil
+    import subprocess
+
+    from bench.lib.procs import free_port
+
+    if shutil.which("iperf3") is None:
+        return [{"case": "skipped: iperf3 is not installed"}]
+    rows = []
+    for case, policy in COST_CASES.items():
+        port = free_port()
+        tunnel = _Tunnel(port, None, policy)
+        server = None
+        try:
+            # The gate's readiness probe must not reach iperf3 (a stray connection breaks
+            # its test): start the server only once the gate is open.
+            await tunnel.wait_open()
+            server = subprocess.Popen(["iperf3", "-s", "-1", "--forceflush", "-p", str(port)], stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL, text=True)
+            with trio.fail_after(10):
+                while "listening" not in await trio.to_thread.run_sync(server.stdout.readline, abandon_on_cancel=True):
+                    pass
+            result = await trio.run_process(
+                ["iperf3", "-c", "127.0.0.1", "-p", str(tunnel.gate_port), "-t", str(int(seconds)), "-J"],
+                capture_stdout=True, check=False,
+            )
+            report = json.loads(result.stdout or b"{}")
+            bits = report.get("end", {}).get("sum_received", {}).get("bits_per_second")
+            rows.append({"case": case, "gbps": round(bits / 1e9, 3) if bits else None,
+                         "error": report.get("error")})
+        finally:
+            tunnel.stop()
+            if server is not None:
+                server.kill()
+                server.wait()
+    base = rows[0].get("gbps")
+    for row in rows:
+        row["ratio"] = round(row["gbps"] / base, 3) if base and row.get("gbps") else None
+    return rows
+
+
 async def main_async(limits_mbps: list[float], seconds: float, through: str = "tunnel") -> list[dict[str, float | None]]:
     measure = measure_through_tunnel if through == "tunnel" else measure_one
     rows = [await measure(None, min(seconds, 2.0))]  # unshaped baseline, same run
@@ -199,7 +253,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     parser.add_argument("--through", choices=("tunnel", "relay"), default="tunnel",
                         help="hypergate processes (default) or the Shaper in a bare relay")
+    parser.add_argument("--cost", action="store_true",
+                        help="instead: iperf3 through the tunnel without policy, with a policy, with a shaper")
     args = parser.parse_args(argv)
+    if args.cost:
+        rows = trio.run(measure_cost, max(args.seconds, 3.0))
+        for row in rows:
+            error = f"  ({row['error']})" if row.get("error") else ""
+            print(f"{row['case']:<40} {row.get('gbps') or '-':>8} Gbit/s  ratio {row.get('ratio') or '-'}{error}")
+        if args.json:
+            with open(args.json, "w", encoding="utf-8") as fh:
+                json.dump({"benchmark": "shaping-cost", "rows": rows}, fh, indent=2)
+        return 0
     limits_mbps = [float(v) for v in args.limits.split(",") if v.strip()]
     rows = trio.run(main_async, limits_mbps, args.seconds, args.through)
     print(f"through: {args.through}")

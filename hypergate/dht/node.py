@@ -233,8 +233,7 @@ class DHTNode:
 
     async def send(self, data: bytes, to: Address, sock: trio.socket.SocketType | None = None) -> None:
         sock = sock or self.request_socket
-        if sock is None:
-            # Shutting down (a shielded unannounce may outlive our sockets).
+        if sock is None:  # shut down: a shielded unannounce may outlive our sockets
             raise DHTError("the DHT node is not running")
         try:
             await sock.sendto(data, (to.host, to.port))

@@ -16,6 +16,7 @@ from ..errors import HandshakeError, ProtocolError
 from .handshake import FRAME_OVERHEAD, HandshakeResult, NoiseHandshake, parse_frame_header
 from .keys import LinkIdentity, RouterKeys
 from .records import LENGTH_SIZE, MAX_PLAINTEXT, RecordOpener, RecordSealer, record_length
+from ..sockio import DrainAwareReader
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ class SecureLink:
         # other stream (memory streams in tests, future relays) takes the generic path.
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self.pending: memoryview | None = None
-        self._drained = False  # the last read was short: wait before the next one
+        self._reader = DrainAwareReader(self._socket) if self._socket is not None else None
         # Room for one large read plus the longest record that may start at its end.
         self._rbuf = memoryview(bytearray(RECEIVE_SIZE + 2 * LENGTH_SIZE + limits.MAX_RECORD_SIZE))
         if len(leftover) > RECEIVE_SIZE:
@@ -150,36 +151,10 @@ class SecureLink:
             return LENGTH_SIZE + record_length(self._rbuf, self._start) - have
         return RECEIVE_SIZE
 
-    async def _receive_into(self, target: memoryview) -> int:
-        """`recv_into` for the link socket, in as few syscalls and task switches as it
-        takes: after a short read (the socket is drained) wait for readability first
-        instead of trying a read that would fail; after a wait, read without yielding
-        again. A read that did not wait yields once, so a busy link cannot starve the
-        other tasks. Per small message this saves a failed recv and a run-loop pass."""
-        sock = self._socket
-        waited = False
-        if self._drained:
-            await trio.lowlevel.wait_readable(sock)
-            waited = True
-        while True:
-            fd = sock.fileno()
-            if fd < 0:  # closed: never read a descriptor number that may be reused
-                raise trio.ClosedResourceError("the link is closed")
-            try:
-                got = os.readv(fd, [target])
-                break
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
-                waited = True
-        if not waited:
-            await trio.lowlevel.checkpoint()
-        self._drained = got < len(target)
-        return got
-
     async def _fill(self, n: int) -> int:
         target = self._rbuf[self._end : self._end + n]
         if self._socket is not None:
-            got = await self._receive_into(target)
+            got = await self._reader.read_into(target)
         else:
             chunk = await self.stream.receive_some(n)
             got = len(chunk)

@@ -10,7 +10,7 @@ either way.
 
 Cost per message is what limits latency and connection rate, and in trio it is counted
 in task switches: so the socket is read with one scheduling point per read (not two,
-`_SocketReader`), and data from the peer is written to the socket straight from the session's
+`hypergate.sockio.DrainAwareReader`), and data from the peer is written to the socket straight from the session's
 reader when the socket takes it at once (`Channel.sink`), waking this pump only for what
 does not fit. Shaped directions keep the plain path: every byte waits for its tokens.
 """
@@ -27,6 +27,7 @@ import trio
 from .. import limits
 from ..mux.channel import Channel, ChannelReset
 from ..policy.token_bucket import BandwidthExceeded, ChannelShaper, Shaper
+from ..sockio import DrainAwareReader
 from ..wire.messages import ResetCode
 
 log = logging.getLogger(__name__)
@@ -41,38 +42,6 @@ def abort_socket(stream: trio.SocketStream) -> None:
     except OSError:
         pass
     stream.socket.close()
-
-
-class _SocketReader:
-    """Reads like `SocketStream.receive_some`, in fewer syscalls and task switches: after
-    a short read (the socket is drained) it waits for readability instead of trying a
-    read that would fail, and after a wait it reads without yielding again; a read that
-    did not wait yields once, so a busy socket cannot starve other tasks."""
-
-    def __init__(self, sock: trio.socket.SocketType) -> None:
-        self._sock = sock
-        self._drained = False
-
-    async def read(self, size: int) -> bytes:
-        sock = self._sock
-        waited = False
-        if self._drained:
-            await trio.lowlevel.wait_readable(sock)
-            waited = True
-        while True:
-            fd = sock.fileno()
-            if fd < 0:
-                raise trio.ClosedResourceError("socket was closed")
-            try:
-                data = os.read(fd, size)
-                break
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
-                waited = True
-        if not waited:
-            await trio.lowlevel.checkpoint()
-        self._drained = len(data) < size
-        return data
 
 
 async def splice_tcp(
@@ -94,7 +63,7 @@ async def splice_tcp(
         nursery.cancel_scope.cancel()
 
     async def socket_to_channel() -> None:
-        reader = _SocketReader(stream.socket)
+        reader = DrainAwareReader(stream.socket)
         try:
             while True:
                 data = await reader.read(read_size)

@@ -144,36 +144,33 @@ def _send_down_hints(node: DHTNode, hints: list[DownHint]) -> None:
         node.spawn(send)
 
 
-async def lookup(node: DHTNode, topic: bytes) -> list[LookupResult]:
+async def _collect_records(node: DHTNode, target: bytes, command: int, decode) -> list[LookupResult]:
+    """Run a storage query and gather the peer records each replying node holds;
+    an undecodable value is counted and skipped, never fatal."""
     results: list[LookupResult] = []
 
     def collect(reply: QueryReply) -> None:
         if reply.response.value is None:
             return
         try:
-            found = LookupReply.decode(reply.response.value)
+            peers = decode(reply.response.value)
         except CodecError:
             node.stats["bad_lookup_values"] += 1
             return
-        results.append(LookupResult(reply.address, found.peers))
+        results.append(LookupResult(reply.address, peers))
 
-    await run_query(node, topic, Command.LOOKUP, on_reply=collect)
+    await run_query(node, target, command, on_reply=collect)
     return results
+
+
+async def lookup(node: DHTNode, topic: bytes) -> list[LookupResult]:
+    return await _collect_records(node, topic, Command.LOOKUP, lambda value: LookupReply.decode(value).peers)
 
 
 async def find_peer(node: DHTNode, public_key: bytes) -> list[LookupResult]:
-    results: list[LookupResult] = []
-
-    def collect(reply: QueryReply) -> None:
-        if reply.response.value is None:
-            return
-        try:
-            results.append(LookupResult(reply.address, (PeerRecord.decode(reply.response.value),)))
-        except CodecError:
-            node.stats["bad_lookup_values"] += 1
-
-    await run_query(node, crypto.hash32(public_key), Command.FIND_PEER, on_reply=collect)
-    return results
+    return await _collect_records(
+        node, crypto.hash32(public_key), Command.FIND_PEER, lambda value: (PeerRecord.decode(value),)
+    )
 
 
 async def commit_announce(

@@ -7,6 +7,8 @@ peers import from). Here: the capability, the hello codec, close codes, and
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 import logging
@@ -275,13 +277,21 @@ class RelayStream(trio.abc.HalfCloseableStream):
         finally:
             self._receiving = False
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+    @contextlib.contextmanager
+    def _sender(self):
+        """One caller of the send side at a time (trio's stream contract), on an open stream."""
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this relay stream")
+        if self._closed:
+            raise trio.ClosedResourceError("the relay stream was closed")
         self._sending = True
         try:
-            if self._closed:
-                raise trio.ClosedResourceError("the relay stream was closed")
+            yield
+        finally:
+            self._sending = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        with self._sender():
             if self._sent_eof:
                 raise trio.ClosedResourceError("send_eof was called on this relay stream")
             view = memoryview(data).cast("B")
@@ -291,31 +301,19 @@ class RelayStream(trio.abc.HalfCloseableStream):
             async with self._send_lock:
                 for start in range(0, len(view), limits.RELAY_CHUNK):
                     await self._send_event(BytesMessage(data=bytes(view[start : start + limits.RELAY_CHUNK])))
-        finally:
-            self._sending = False
 
     async def send_eof(self) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending on this relay stream")
-        self._sending = True
-        try:
-            if self._closed:
-                raise trio.ClosedResourceError("the relay stream was closed")
+        with self._sender():
             if self._sent_eof:
                 await trio.lowlevel.checkpoint()
                 return
             self._sent_eof = True
             async with self._send_lock:
                 await self._send_event(BytesMessage(data=b""))
-        finally:
-            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
-        if self._sending:
-            raise trio.BusyResourceError("another task is already sending on this relay stream")
-        if self._closed:
-            raise trio.ClosedResourceError("the relay stream was closed")
-        await self.transport.wait_send_all_might_not_block()
+        with self._sender():
+            await self.transport.wait_send_all_might_not_block()
 
     async def aclose(self) -> None:
         if self._closed:

@@ -64,6 +64,10 @@ class NodeConfig:
     dht_bootstrap: tuple[str, ...] | None = None
     # A WebSocket relay for peers that cannot reach us directly (ws:// or wss://).
     relay_url: str | None = None
+    # Run a relay here too (host, port) and offer it to our peers at `relay_advertise`
+    # (default: ws://<our public address>:<port>/).
+    relay_serve: tuple[str, int] | None = None
+    relay_advertise: str | None = None
 
 
 @attrs.define
@@ -80,6 +84,7 @@ class Node:
     resolver_port: int | None = None  # bound port, once serving
     dht_node: object = None
     unlimited_bound_port: int | None = None
+    relay_bound_port: int | None = None
 
     @classmethod
     def build(cls, config: NodeConfig, policy_source: PolicySource | None = None) -> Node:
@@ -144,6 +149,8 @@ class Node:
                             self.unlimited, host=config.unlimited_host, port=config.unlimited_port,
                         )
                     )
+            if config.relay_serve is not None:
+                await self._serve_relay(nursery)
             await nursery.start(self.router.run)
             if config.dht_bootstrap is not None:
                 await nursery.start(self._run_dht)
@@ -179,8 +186,52 @@ class Node:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             self.dht_node = node
-            await nursery.start(DhtRendezvous(self.router, node, self.config.relay_url).run)
+            rendezvous = DhtRendezvous(self.router, node, self.config.relay_url)
+            self._use_relays(rendezvous, node)
+            await nursery.start(rendezvous.run)
             task_status.started()
+
+    # --- relay service --------------------------------------------------------------
+
+    async def _serve_relay(self, nursery: trio.Nursery) -> None:
+        """Run a relay in this process; offer it to peers once its URL is known."""
+        from .transport.relay import serve_relay
+
+        host, port = self.config.relay_serve
+        self.relay_bound_port = await nursery.start(functools.partial(serve_relay, host, port))
+        url = self.config.relay_advertise
+        if url is None and host not in ("0.0.0.0", "::"):
+            url = f"ws://{host if ':' not in host else '[' + host + ']'}:{self.relay_bound_port}/"
+        if url is not None:
+            self.router.offer_relay(url)
+            log.info("event=relay_offered_to_peers relay=%s", url)
+
+    def _use_relays(self, rendezvous, node) -> None:
+        """Where we wait for clients that cannot reach us: the --relay we were given, else
+        our own relay, else the first relay another peer of this router offers."""
+        if self.config.relay_serve is not None and not self.router.hello.relay:
+            public = node.remote_address()
+            if public is not None and not node.firewalled:
+                self.router.offer_relay(f"ws://{public.host}:{self.relay_bound_port}/")
+                log.info("event=relay_offered_to_peers relay=%s", self.router.hello.relay)
+            else:
+                # Behind a NAT the port is likely unreachable; offering it would only
+                # send peers to a dead end.
+                log.warning(
+                    "event=relay_not_offered reason='no public address (behind a NAT?); "
+                    "give --relayAdvertise URL if the port is reachable'"
+                )
+        if rendezvous.relay_url is None and self.router.hello.relay:
+            rendezvous.relay_url = self.router.hello.relay
+
+        def adopt(url: str) -> None:
+            if rendezvous.relay_url is None:
+                rendezvous.relay_url = url
+                log.info("event=relay_adopted relay=%s", url)
+
+        self.router.relay_listeners.append(adopt)
+        for url in self.router.offered_relays:
+            adopt(url)
 
     # --- Docker mode ----------------------------------------------------------------
 

@@ -148,6 +148,14 @@ def _gateway_option(value: str | None) -> tuple[bool, str | None]:
     "--relay", "relay_url", default=None, metavar="URL", envvar=_env("RELAY"),
     help="WebSocket relay (ws:// or wss://) where peers that reach us no other way can meet us.",
 )
+@click.option(
+    "--relayServe", "relay_serve", default=None, metavar="[HOST:]PORT", envvar=_env("RELAY_SERVE"),
+    help="Also run a WebSocket relay here and offer it to this router's peers (for pairs that cannot punch through).",
+)
+@click.option(
+    "--relayAdvertise", "relay_advertise", default=None, metavar="URL", envvar=_env("RELAY_ADVERTISE"),
+    help="URL peers use for --relayServe (e.g. wss:// behind a TLS proxy); default ws://<public IP>:PORT/.",
+)
 @click.option("--scan", "scan_topic", default=None, metavar="TOPIC", envvar=_env("SCAN"), help="List the peers announced under a topic (hex) on the DHT, then exit.")
 @click.option("--verbose", is_flag=True, envvar=_env("VERBOSE"), help="Debug logging.")
 @click.pass_context
@@ -179,6 +187,8 @@ async def main_group(
     expose_only_published: bool,
     bootstrap: tuple[str, ...],
     relay_url: str | None,
+    relay_serve: str | None,
+    relay_advertise: str | None,
     scan_topic: str | None,
     verbose: bool,
 ) -> None:
@@ -214,6 +224,9 @@ async def main_group(
     peer_addresses = tuple(parse_peer_address(p) for value in peers for p in value.split(",") if p.strip())
     if relay_url is not None and not relay_url.startswith(("ws://", "wss://")):
         raise ConfigError(f"--relay: expected a ws:// or wss:// URL, got {relay_url!r}")
+    if relay_advertise is not None and not relay_advertise.startswith(("ws://", "wss://")):
+        raise ConfigError(f"--relayAdvertise: expected a ws:// or wss:// URL, got {relay_advertise!r}")
+    relay_listen = _relay_serve_option(relay_serve) if relay_serve is not None else None
     # Direct mode (explicit addresses) needs no DHT; anything else finds peers on it.
     use_dht = bool(bootstrap) or (peer_port is None and not peer_addresses)
     if use_dht and peer_port is None:
@@ -254,13 +267,30 @@ async def main_group(
         listen_explicit=ctx.get_parameter_source("listen") is not click.core.ParameterSource.DEFAULT,
         dht_bootstrap=bootstrap_nodes if use_dht else None,
         relay_url=relay_url,
+        relay_serve=relay_listen,
+        relay_advertise=relay_advertise,
     )
+    if relay_listen is not None and config.dht_bootstrap is None and relay_advertise is None and relay_listen[0] in ("0.0.0.0", "::"):
+        raise ConfigError("--relayServe: without the DHT we cannot tell our public address; give --relayAdvertise URL or a HOST")
     node = Node.build(config, policy_source)
     log.info(
         "event=starting provider=%s services=%d gateway=%s topic=%s",
         services is not None, len(services or ()), is_gateway, node.router.keys.topic.hex()[:16],
     )
     await node.run_until_signalled()
+
+
+def _relay_serve_option(value: str) -> tuple[str, int]:
+    """`--relayServe [HOST:]PORT` as (host, port)."""
+    host, _, port_text = value.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise ConfigError(f"--relayServe: expected [HOST:]PORT with a port in 1-65535, got {value!r}")
+    return host, port
 
 
 def _bootstrap_list(values: tuple[str, ...]) -> tuple[str, ...]:

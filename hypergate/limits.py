@@ -256,3 +256,92 @@ RELAY_CONNECT_TIMEOUT_S = 10.0
 RELAY_IDLE_TIMEOUT_S = 120.0
 # Waiting for the other end's close frame before dropping the socket.
 RELAY_CLOSE_TIMEOUT_S = 2.0
+# Relays offered by peers in their hellos that we keep: a router has few public peers,
+# and each URL is only a place to wait; a bound stops a peer from flooding the list.
+MAX_OFFERED_RELAYS = 8
+# Longest relay URL accepted from a peer's hello (a host, a port and a short path).
+MAX_RELAY_URL_LENGTH = 512
+
+# --- UDX (udx/): reliable streams over UDP, wire-compatible with Node udx-native ------
+
+# Payload bytes per UDX packet: Node's no-probe IPv4 size (1200-byte MTU base minus 48),
+# which every path that carries 1200-byte datagrams takes without fragmenting.
+UDX_MAX_PAYLOAD = 1152
+# Receive buffer per recvfrom: Node reads into 2048 bytes, and probes pad up to 1500.
+UDX_RECV_BUFFER = 2048
+# Datagrams read per wakeup before yielding, so one busy socket cannot starve the loop.
+UDX_RECV_BATCH = 256
+# Bytes the application may queue ahead of the peer's acks before send_all waits.
+UDX_SEND_BUFFER = 4 * 1024 * 1024
+# Bytes we buffer for the reader (unread + out of order); what rwnd advertises. Node
+# advertises 4 MiB and so do we: enough for ~1 Gbit/s at 30 ms RTT.
+UDX_RECEIVE_BUFFER = 4 * 1024 * 1024
+# A window update is sent when reading opened the window by this much since the last
+# advertisement (a quarter of the buffer), not for every small read.
+UDX_WINDOW_UPDATE_STEP = UDX_RECEIVE_BUFFER // 4
+# RFC 6298 RTO before any sample, and its clamp. 200 ms minimum (Linux's) because our
+# peers ACK at once; 30 s maximum as Node.
+UDX_INITIAL_RTO_S = 1.0
+UDX_MIN_RTO_S = 0.2
+UDX_MAX_RTO_S = 30.0
+# Exponential backoff stops growing here, so a vanished peer is noticed in ~10-15 s
+# (Node gives up after ~13 s) rather than minutes.
+UDX_RTO_BACKOFF_CAP_S = 2.0
+# Consecutive RTO expiries without progress before the stream fails (ETIMEDOUT).
+UDX_MAX_RTO_EXPIRIES = 8
+# Congestion window bounds in packets: RFC 6928's initial 10; the maximum only guards
+# against runaway growth (4 MiB of payload, the peer's window).
+UDX_INITIAL_CWND = 10
+UDX_MAX_CWND = 4096
+# Duplicate acks / packets SACKed above a hole before that hole counts as lost (RFC 6675).
+UDX_DUP_THRESHOLD = 3
+# SACK blocks per ACK: Node's limit (50 blocks, 400 bytes of extension).
+UDX_MAX_SACK_BLOCKS = 50
+# Out-of-order packets held at most this far ahead of the next expected seq.
+UDX_MAX_REORDER_SPAN = 65536
+# After both ENDs, keep answering duplicate ENDs this long (Node has no TIME_WAIT and
+# would otherwise retransmit its END until ETIMEDOUT).
+UDX_TIME_WAIT_S = 10.0
+# aclose waits this long for the peer to ack our END before returning.
+UDX_CLOSE_TIMEOUT_S = 2.0
+# A closed (detached) stream keeps retransmitting/acking at most this long.
+UDX_DETACHED_LINGER_S = 30.0
+# Unreliable MESSAGE datagrams queued for receive_message before new ones are dropped.
+UDX_MESSAGE_QUEUE = 256
+
+# --- UDP hole punching (transport/udp_punch.py, transport/punch_plan.py) ----------------
+
+# A punch socket is classified from how this many DHT nodes see it (hyperdht asks 4; 3
+# answers are the least a CONSISTENT/RANDOM verdict needs).
+UDP_PUNCH_CLASSIFY_NODES = 4
+# The client classifies while its OPEN/REPLY exchange runs; PINGs answer within a round
+# trip, so 2 s covers slow paths without holding the dial up for long.
+UDP_PUNCH_CLASSIFY_TIMEOUT_S = 2.0
+# The server classifies inside its FINISH handler: it must answer before the client's DHT
+# request is resent (DHT_REQUEST_TIMEOUT_S), or READY goes out without UDP punch info.
+UDP_PUNCH_SERVER_CLASSIFY_TIMEOUT_S = 0.8
+# consistent/open punch: a probe to every address of the other side this often (hyperdht
+# sends rounds 1 s apart; NAT mappings open within a round trip, so 50 ms loses little).
+UDP_PUNCH_PROBE_INTERVAL_S = 0.05
+# A consistent punch that has not met the other side by then will not (mappings exist
+# after the first round trip; this covers slow relays delivering READY late).
+UDP_PUNCH_TIMEOUT_S = 8.0
+# consistent/random: probes to random ports of the random side's host, one every 2 ms
+# (hyperdht: 20 ms, 1750 probes, for home routers on the internet; the lab takes more).
+# 2500 probes against 256 mappings miss with probability (1-256/64512)^2500 ~ 5e-5, and
+# leave at most 2500 short-lived conntrack entries in our own NAT.
+UDP_PUNCH_SPRAY_INTERVAL_S = 0.002
+UDP_PUNCH_SPRAY_PROBES = 2500
+UDP_PUNCH_SPRAY_PORTS = (1024, 65535)
+# The server sprays this long after sending READY: the client opens its birthday sockets
+# only once READY has reached it through the relay.
+UDP_PUNCH_SPRAY_DELAY_S = 0.3
+# random/consistent ("birthday"): sockets the random side opens, each probing the other
+# side's address (hyperdht: 256); re-probed this often to keep the mappings alive.
+UDP_PUNCH_BIRTHDAY_SOCKETS = 256
+UDP_PUNCH_BIRTHDAY_ROUND_S = 1.0
+# Multi-port punches end after the spray's own duration plus this margin for the answer.
+UDP_PUNCH_RANDOM_TIMEOUT_S = 10.0
+# After the punch, probes are answered (the other side may still be punching) at most
+# this many at a time; more are dropped.
+UDP_PUNCH_ANSWER_QUEUE = 16

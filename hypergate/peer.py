@@ -107,6 +107,7 @@ async def run_link(
     hooks: RoleHooks,
     admit,  # Callable[[PeerConnection], str | None]: None admits, else the reason to refuse
     release,  # Callable[[PeerConnection], None]
+    on_hello=None,  # Callable[[PeerConnection], None]: its hello arrived (admitted or not)
 ) -> None:
     """Serve one authenticated link until it ends. Never raises for peer faults."""
     peer.remote_key = link.remote_static
@@ -121,6 +122,8 @@ async def run_link(
             if peer.hello is None:
                 peer.hello = message
                 hello_received.set()
+                if on_hello is not None:
+                    on_hello(peer)
             return
         if not admitted:
             if peer.hello is None or len(early) >= MAX_EARLY_MESSAGES:

@@ -71,6 +71,10 @@ class Router:
         self.resume_link = None
         # Called when an admitted link ends (discovery looks again sooner).
         self.lost_listeners: list = []
+        # Relays other peers of this router offer (from their hellos), oldest first, and
+        # who wants to hear of a new one: (url) -> None.
+        self.offered_relays: list[str] = []
+        self.relay_listeners: list = []
 
     @property
     def public_key(self) -> bytes:
@@ -133,7 +137,28 @@ class Router:
         return peer
 
     def _link_hooks(self) -> dict:
-        return {"my_hello": self.hello, "hooks": self.hooks, "admit": self._admit, "release": self._release}
+        return {
+            "my_hello": self.hello, "hooks": self.hooks, "admit": self._admit,
+            "release": self._release, "on_hello": self._note_offered_relay,
+        }
+
+    def offer_relay(self, url: str) -> None:
+        """Tell every peer we link with from now on that they may meet others at `url`."""
+        self.hello = attrs.evolve(self.hello, relay=url)
+
+    def _note_offered_relay(self, peer: PeerConnection) -> None:
+        url = peer.hello.relay if peer.hello is not None else ""
+        if not url or url in self.offered_relays or url == self.hello.relay:
+            return
+        if not url.startswith(("ws://", "wss://")) or len(url) > limits.MAX_RELAY_URL_LENGTH:
+            log.warning("peer=%s event=offered_relay_ignored reason='not a ws:// or wss:// URL'", peer.name)
+            return
+        if len(self.offered_relays) >= limits.MAX_OFFERED_RELAYS:
+            return
+        self.offered_relays.append(url)
+        log.info("peer=%s event=relay_offered relay=%s", peer.name, url)
+        for listener in self.relay_listeners:
+            listener(url)
 
     def is_connected_to(self, noise_public_key: bytes) -> bool:
         return noise_public_key in self.peers

@@ -34,6 +34,9 @@ class Hello:
     provider: bool = False
     gateway: bool = False
     name: str = ""
+    # A WebSocket relay this peer offers to its router (ws:// or wss://), or "". Peers
+    # that have no relay of their own wait there for clients that cannot reach them.
+    relay: str = ""
 
 
 @attrs.frozen

@@ -340,8 +340,9 @@ UDP_PUNCH_SPRAY_DELAY_S = 0.3
 # side's address (hyperdht: 256); re-probed this often to keep the mappings alive.
 UDP_PUNCH_BIRTHDAY_SOCKETS = 256
 UDP_PUNCH_BIRTHDAY_ROUND_S = 1.0
-# Multi-port punches end after the spray's own duration plus this margin for the answer.
-UDP_PUNCH_RANDOM_TIMEOUT_S = 10.0
+# Multi-port punches end after the spray's own duration (~5 s) plus a margin for the answer;
+# the relay waits for them, so this bounds what a failed one costs the link.
+UDP_PUNCH_RANDOM_TIMEOUT_S = 7.0
 # After the punch, probes are answered (the other side may still be punching) at most
 # this many at a time; more are dropped.
 UDP_PUNCH_ANSWER_QUEUE = 16

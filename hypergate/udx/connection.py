@@ -1,0 +1,491 @@
+"""One UDX stream's protocol state, sans-IO (UDX-WIRE.md §3-§12).
+
+Feed it decoded packets with `receive(packet, now)`, application bytes with `write`,
+timer ticks with `handle_timeout(now)`; take datagrams from `poll_transmit(now)` and
+read bytes with `read`. No I/O, no clock of its own, no trio.
+
+Sequence numbers count packets, modulo 2^32. Reliability: a send buffer keyed by seq,
+cumulative acks, SACK scoreboard (RFC 6675-style loss detection: a hole with 3 packets
+SACKed above it, or 3 duplicate acks, is retransmitted at once), RTO per RFC 6298 with
+Karn's rule. Congestion control: NewReno in packets. Flow control: never more payload
+bytes in flight than the peer's rwnd.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from hypergate import limits
+from hypergate.udx import packet as wire
+from hypergate.udx.congestion import NewReno, RttEstimator
+from hypergate.udx.packet import Packet, encode_header, seq_diff
+
+_U32 = 0xFFFFFFFF
+
+
+class _Sent:
+    """A DATA/END packet awaiting its cumulative ack."""
+
+    __slots__ = ("seq", "payload", "end", "sent_at", "retransmitted", "sacked", "lost")
+
+    def __init__(self, seq: int, payload: bytes, end: bool, sent_at: float) -> None:
+        self.seq = seq
+        self.payload = payload
+        self.end = end
+        self.sent_at = sent_at
+        self.retransmitted = False
+        self.sacked = False
+        self.lost = False
+
+
+class UdxConnection:
+    def __init__(
+        self,
+        local_id: int,
+        remote_id: int,
+        *,
+        peer_label: str = "peer",
+        max_payload: int = limits.UDX_MAX_PAYLOAD,
+        receive_buffer: int = limits.UDX_RECEIVE_BUFFER,
+        send_buffer: int = limits.UDX_SEND_BUFFER,
+    ) -> None:
+        self.local_id = local_id
+        self.remote_id = remote_id
+        self.peer_label = peer_label
+        self.max_payload = max_payload
+        self.receive_buffer = receive_buffer
+        self.send_buffer = send_buffer
+        self.stats = {"retransmits": 0, "fast_retransmits": 0, "rto_expiries": 0, "dropped_out_of_window": 0}
+        # -- send side --
+        self.snd_una = 0
+        self.snd_nxt = 0
+        self._unsent = bytearray()
+        self._inflight: dict[int, _Sent] = {}  # insertion order is seq order
+        self._inflight_bytes = 0
+        self._lost: deque[int] = deque()  # seqs to retransmit (stale entries skipped)
+        self._n_sacked = 0
+        self._n_lost = 0
+        self._dupacks = 0
+        self.peer_rwnd = limits.UDX_RECEIVE_BUFFER  # Node's advertisement until told otherwise
+        self._wl1 = 0
+        self._wl2 = 0
+        self._end_requested = False
+        self._end_seq: int | None = None
+        self.end_acked = False
+        self.rtt = RttEstimator()
+        self.cc = NewReno()
+        self._rto_deadline: float | None = None
+        self._probe_deadline: float | None = None  # zero-window probe (HEARTBEAT)
+        self._rto_expiries = 0
+        self._stalled_since: float | None = None  # oldest unacked transmission without progress
+        # -- receive side --
+        self.rcv_nxt = 0
+        self._ooo: dict[int, tuple[bytes, bool]] = {}
+        self._ooo_bytes = 0
+        self._readable: deque[bytes] = deque()
+        self._unread = 0
+        self._remote_end_seq: int | None = None
+        self.eof_received = False
+        self._rwnd_sent = receive_buffer
+        self._ack_pending = False
+        self.messages: deque[bytes] = deque()
+        self.messages_dropped = 0
+        # -- lifecycle --
+        self.error: str | None = None  # set once the stream failed (timeout, DESTROY)
+        self.detached = False  # the application closed it; incoming data is discarded
+        self.done_at: float | None = None  # both ENDs done: TIME_WAIT starts
+        self._control: list[bytes] = []  # heartbeats queued by timers
+
+    # ------------------------------------------------------------------ application side
+    @property
+    def send_space(self) -> int:
+        return max(0, self.send_buffer - len(self._unsent) - self._inflight_bytes)
+
+    @property
+    def readable_bytes(self) -> int:
+        return self._unread
+
+    @property
+    def rwnd(self) -> int:
+        if self.detached:
+            return self.receive_buffer
+        return max(0, self.receive_buffer - self._unread - self._ooo_bytes)
+
+    @property
+    def end_sent(self) -> bool:
+        return self._end_requested
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Queue as much of data as the send buffer holds; returns the bytes taken."""
+        if self._end_requested or self.error is not None:
+            raise RuntimeError("write after END or failure")
+        take = min(len(data), self.send_space)
+        if take:
+            self._unsent += data[:take]
+        return take
+
+    def end(self) -> None:
+        """Half-close: an END follows the last queued byte."""
+        self._end_requested = True
+
+    def read(self, max_bytes: int) -> bytes:
+        if not self._readable:
+            return b""
+        first = self._readable[0]
+        if len(first) <= max_bytes and (len(self._readable) == 1 or len(first) >= max_bytes // 2):
+            chunk = self._readable.popleft()
+        else:
+            parts = []
+            need = max_bytes
+            while self._readable and need > 0:
+                piece = self._readable[0]
+                if len(piece) <= need:
+                    parts.append(self._readable.popleft())
+                    need -= len(piece)
+                else:
+                    parts.append(piece[:need])
+                    self._readable[0] = piece[need:]
+                    need = 0
+            chunk = b"".join(parts)
+        self._unread -= len(chunk)
+        self._maybe_window_update()
+        return chunk
+
+    def detach(self) -> None:
+        """The application is gone: drop what it did not read, keep the protocol running."""
+        self.detached = True
+        self._readable.clear()
+        self._unread = 0
+        self._maybe_window_update()
+
+    def destroy(self) -> bytes:
+        """Abort: one DESTROY (never retransmitted) and the stream is over."""
+        datagram = encode_header(wire.DESTROY, self.remote_id, self.rwnd, self.snd_nxt, self.rcv_nxt)
+        self._fail("stream destroyed locally")
+        return datagram
+
+    def message(self, data: bytes | memoryview) -> bytes:
+        """An unreliable MESSAGE datagram carrying data."""
+        if len(data) > self.max_payload:
+            raise ValueError(f"UDX message of {len(data)} bytes exceeds {self.max_payload}")
+        return encode_header(wire.MESSAGE, self.remote_id, self.rwnd, self.snd_nxt, self.rcv_nxt) + bytes(data)
+
+    # ------------------------------------------------------------------ network side
+    def receive(self, packet: Packet, now: float) -> None:
+        """Process one packet addressed to this stream (UDX-WIRE §5 order)."""
+        if self.error is not None:
+            return
+        kind = packet.type
+        if kind & wire.HEARTBEAT:
+            self._ack_pending = True
+            return
+        seq = packet.seq
+        if kind & (wire.DATA | wire.END):
+            self._ack_pending = True
+            self._receive_data(seq, packet.payload, bool(kind & wire.END))
+        elif kind & wire.DESTROY:
+            if seq_diff(seq, self.rcv_nxt) >= 0:
+                self._fail("peer reset the stream (DESTROY)")
+            return
+        if kind & wire.MESSAGE:
+            if self.detached or len(self.messages) >= limits.UDX_MESSAGE_QUEUE:
+                self.messages_dropped += 1
+            else:
+                self.messages.append(bytes(packet.payload))
+        ack = packet.ack
+        if seq_diff(ack, self.snd_nxt) > 0:
+            # Node's rule: an ack beyond what we sent voids the packet's ack processing.
+            self._ack_pending = False
+            return
+        advance = seq_diff(ack, self.snd_una)
+        window_changed = packet.rwnd != self.peer_rwnd
+        if advance >= 0 and (seq_diff(seq, self._wl1) > 0 or (seq == self._wl1 and seq_diff(ack, self._wl2) >= 0)):
+            self.peer_rwnd = packet.rwnd
+            self._wl1, self._wl2 = seq, ack
+        newly_sacked = self._apply_sacks(packet.sacks, ack if advance > 0 else self.snd_una)
+        if advance > 0:
+            self._cumulative_ack(ack, advance, now)
+        elif advance == 0 and self._inflight and not window_changed and not kind & (wire.DATA | wire.END | wire.MESSAGE):
+            # RFC 5681: a duplicate ack carries no data and does not change the window.
+            self._dupacks += 1
+        if newly_sacked or self._dupacks >= limits.UDX_DUP_THRESHOLD:
+            self._detect_losses()
+        self._check_done(now)
+
+    def _receive_data(self, seq: int, payload: memoryview | bytes, is_end: bool) -> None:
+        offset = seq_diff(seq, self.rcv_nxt)
+        if offset < 0 or self.eof_received:
+            return  # duplicate: ACKed again, not delivered
+        if offset >= limits.UDX_MAX_REORDER_SPAN:
+            self.stats["dropped_out_of_window"] += 1
+            return
+        if self._remote_end_seq is not None and seq_diff(seq, self._remote_end_seq) > 0:
+            return  # data after the peer's END is ignored
+        size = len(payload)
+        if not self.detached and self._unread + self._ooo_bytes + size > self.receive_buffer + self.max_payload:
+            self.stats["dropped_out_of_window"] += 1
+            return  # the peer ignored our window; it will retransmit
+        if is_end:
+            self._remote_end_seq = seq
+        if offset > 0:
+            if seq not in self._ooo:
+                self._ooo[seq] = (bytes(payload), is_end)
+                self._ooo_bytes += size
+            return
+        self._deliver(bytes(payload), is_end)
+        ooo = self._ooo
+        while ooo and not self.eof_received:
+            entry = ooo.pop(self.rcv_nxt, None)
+            if entry is None:
+                break
+            self._ooo_bytes -= len(entry[0])
+            self._deliver(*entry)
+
+    def _deliver(self, payload: bytes, is_end: bool) -> None:
+        self.rcv_nxt = (self.rcv_nxt + 1) & _U32
+        if payload and not self.detached:
+            self._readable.append(payload)
+            self._unread += len(payload)
+        if is_end:
+            self.eof_received = True
+            self._ooo.clear()
+            self._ooo_bytes = 0
+
+    def _apply_sacks(self, sacks, una: int) -> bool:
+        newly = False
+        for start, end in sacks:
+            if not (seq_diff(start, una) >= 0 and seq_diff(end, start) > 0 and seq_diff(self.snd_nxt, end) >= 0):
+                continue  # outside [snd.una, snd.nxt]: ignored, as Node does
+            seq = start
+            while seq != end:
+                sent = self._inflight.get(seq)
+                if sent is not None and not sent.sacked:
+                    sent.sacked = True
+                    self._n_sacked += 1
+                    newly = True
+                    if sent.lost:
+                        sent.lost = False
+                        self._n_lost -= 1
+                seq = (seq + 1) & _U32
+        return newly
+
+    def _cumulative_ack(self, ack: int, advance: int, now: float) -> None:
+        inflight = self._inflight
+        sample_from: _Sent | None = None
+        acked = 0
+        seq = self.snd_una
+        for _ in range(advance):
+            sent = inflight.pop(seq, None)
+            seq = (seq + 1) & _U32
+            if sent is None:
+                continue
+            acked += 1
+            self._inflight_bytes -= len(sent.payload)
+            if sent.sacked:
+                self._n_sacked -= 1
+            elif not sent.retransmitted:
+                sample_from = sent  # Karn: never sample a retransmitted packet
+            if sent.lost:
+                self._n_lost -= 1
+            if sent.end:
+                self.end_acked = True
+        self.snd_una = ack
+        if sample_from is not None:
+            self.rtt.sample(now - sample_from.sent_at)
+        recovering = self.cc.recovery_end is not None and seq_diff(ack, self.cc.recovery_end) < 0
+        if not recovering:
+            self.cc.recovery_end = None
+        self.cc.on_acked(acked, recovering)
+        self._dupacks = 0
+        self._rto_expiries = 0
+        self.rtt.reset_backoff()
+        self._stalled_since = now if inflight else None
+        self._rto_deadline = now + self.rtt.rto if inflight else None
+
+    def _detect_losses(self) -> None:
+        """RFC 6675 DupThresh: an unSACKed packet with 3 SACKed packets above it is lost;
+        3 duplicate acks mark the oldest one lost. Each loss is retransmitted once this
+        way; a lost retransmission waits for the RTO."""
+        threshold = limits.UDX_DUP_THRESHOLD
+        sacked_above = self._n_sacked
+        newly_lost = False
+        first = True
+        for sent in self._inflight.values():
+            if sacked_above < threshold and not (first and self._dupacks >= threshold):
+                break
+            if sent.sacked:
+                sacked_above -= 1
+            elif not sent.lost and not sent.retransmitted:
+                sent.lost = True
+                self._n_lost += 1
+                self._lost.append(sent.seq)
+                newly_lost = True
+            first = False
+        if newly_lost:
+            self.stats["fast_retransmits"] += 1
+            if self.cc.recovery_end is None:
+                self.cc.on_loss(self._pipe())
+                self.cc.recovery_end = self.snd_nxt
+        self._dupacks = 0 if self._dupacks >= threshold else self._dupacks
+
+    def _pipe(self) -> int:
+        return len(self._inflight) - self._n_sacked - self._n_lost
+
+    # ------------------------------------------------------------------ output and timers
+    def poll_transmit(self, now: float) -> list[bytes]:
+        """Datagrams to send now: a pending ACK first, then retransmissions, then new data
+        within cwnd and the peer's rwnd."""
+        out: list[bytes] = []
+        if self.error is not None:
+            return out
+        if self._control:
+            out.extend(self._control)
+            self._control.clear()
+        if self._ack_pending:
+            out.append(self._encode_ack())
+        room = int(self.cc.cwnd) - self._pipe()
+        while room > 0 and self._lost:
+            sent = self._inflight.get(self._lost.popleft())
+            if sent is None or not sent.lost:
+                continue
+            sent.lost = False
+            self._n_lost -= 1
+            sent.retransmitted = True
+            sent.sent_at = now
+            out.append(self._encode_sent(sent))
+            self.stats["retransmits"] += 1
+            room -= 1
+        blocked_by_rwnd = False
+        while room > 0 and (self._unsent or (self._end_requested and self._end_seq is None)):
+            window = self.peer_rwnd - self._inflight_bytes
+            size = min(self.max_payload, len(self._unsent))
+            if size > window:
+                if window <= 0 or window < min(size, self.max_payload // 4) and self._inflight:
+                    blocked_by_rwnd = True  # wait for a window worth using (no silly window)
+                    break
+                size = window
+            payload = bytes(self._unsent[:size])
+            del self._unsent[:size]
+            is_end = self._end_requested and not self._unsent
+            sent = _Sent(self.snd_nxt, payload, is_end, now)
+            self._inflight[sent.seq] = sent
+            self._inflight_bytes += size
+            if is_end:
+                self._end_seq = sent.seq
+            self.snd_nxt = (self.snd_nxt + 1) & _U32
+            out.append(self._encode_sent(sent))
+            room -= 1
+        if self._inflight:
+            if self._rto_deadline is None:
+                self._rto_deadline = now + self.rtt.rto
+                self._stalled_since = now
+            self._probe_deadline = None
+        elif blocked_by_rwnd:
+            if self._probe_deadline is None:
+                self._probe_deadline = now + self.rtt.rto
+        else:
+            self._probe_deadline = None
+        return out
+
+    def _encode_sent(self, sent: _Sent) -> bytes:
+        kind = (wire.DATA if sent.payload else 0) | (wire.END if sent.end else 0)
+        rwnd = self.rwnd
+        self._rwnd_sent = rwnd
+        return encode_header(kind, self.remote_id, rwnd, sent.seq, self.rcv_nxt) + sent.payload
+
+    def _encode_ack(self) -> bytes:
+        self._ack_pending = False
+        rwnd = self.rwnd
+        self._rwnd_sent = rwnd
+        return wire.encode(0, self.remote_id, rwnd, self.snd_nxt, self.rcv_nxt, sacks=self._sack_blocks())
+
+    def _sack_blocks(self) -> list[tuple[int, int]]:
+        if not self._ooo:
+            return []
+        base = self.rcv_nxt
+        offsets = sorted(seq_diff(seq, base) for seq in self._ooo)
+        blocks: list[list[int]] = []
+        for offset in offsets:
+            if blocks and blocks[-1][1] == offset:
+                blocks[-1][1] = offset + 1
+            elif len(blocks) < limits.UDX_MAX_SACK_BLOCKS:
+                blocks.append([offset, offset + 1])
+            else:
+                break
+        return [((base + start) & _U32, (base + end) & _U32) for start, end in blocks]
+
+    def _maybe_window_update(self) -> None:
+        rwnd = self.rwnd
+        opened = rwnd - self._rwnd_sent
+        if opened >= limits.UDX_WINDOW_UPDATE_STEP or (self._rwnd_sent < self.max_payload <= rwnd):
+            self._ack_pending = True
+
+    @property
+    def wants_transmit(self) -> bool:
+        """Something is waiting that poll_transmit would send (if windows allow)."""
+        return bool(self._ack_pending or self._control or self._lost or self._unsent) or (
+            self._end_requested and self._end_seq is None
+        )
+
+    @property
+    def next_deadline(self) -> float | None:
+        if self.error is not None:
+            return None
+        deadlines = [d for d in (self._rto_deadline, self._probe_deadline) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def handle_timeout(self, now: float) -> None:
+        if self.error is not None:
+            return
+        if self._probe_deadline is not None and now >= self._probe_deadline:
+            # Zero window: ask for a fresh window with a HEARTBEAT (the peer ACKs it).
+            self._control.append(encode_header(wire.HEARTBEAT, self.remote_id, self.rwnd, self.snd_nxt, self.rcv_nxt))
+            self._probe_deadline = now + self.rtt.rto
+        if self._rto_deadline is None or now < self._rto_deadline:
+            return
+        if not self._inflight:
+            self._rto_deadline = None
+            return
+        self._rto_expiries += 1
+        self.stats["rto_expiries"] += 1
+        if self._rto_expiries >= limits.UDX_MAX_RTO_EXPIRIES:
+            waited = now - (self._stalled_since if self._stalled_since is not None else now)
+            self._fail(
+                f"UDX peer {self.peer_label} stopped acknowledging: "
+                f"{self._rto_expiries} retransmission timeouts over {waited:.1f} s"
+            )
+            return
+        self.cc.on_timeout(self._pipe())
+        self.cc.recovery_end = None
+        self.rtt.back_off()
+        # Everything not SACKed is presumed lost and resent oldest first, as cwnd allows.
+        self._lost.clear()
+        self._n_lost = 0
+        for sent in self._inflight.values():
+            sent.lost = not sent.sacked
+            if sent.lost:
+                self._n_lost += 1
+                self._lost.append(sent.seq)
+        self._dupacks = 0
+        self._rto_deadline = now + self.rtt.rto
+
+    # ------------------------------------------------------------------ lifecycle
+    def _check_done(self, now: float) -> None:
+        if self.done_at is None and self.end_acked and self.eof_received:
+            self.done_at = now
+
+    def mark_time(self, now: float) -> None:
+        """Let the connection notice 'both ENDs done' after a local action."""
+        self._check_done(now)
+
+    def _fail(self, reason: str) -> None:
+        if self.error is None:
+            self.error = reason
+        self._inflight.clear()
+        self._inflight_bytes = 0
+        self._unsent.clear()
+        self._lost.clear()
+        self._n_sacked = self._n_lost = 0
+        self._rto_deadline = self._probe_deadline = None
+        self._ack_pending = False
+        self._control.clear()

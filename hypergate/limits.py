@@ -269,6 +269,9 @@ MAX_RELAY_URL_LENGTH = 512
 UDX_MAX_PAYLOAD = 1152
 # Receive buffer per recvfrom: Node reads into 2048 bytes, and probes pad up to 1500.
 UDX_RECV_BUFFER = 2048
+# SO_RCVBUF / SO_SNDBUF asked for (the kernel caps it at net.core.rmem_max / wmem_max):
+# a window of bulk packets arrives in bursts faster than one Python reader drains them.
+UDX_SOCKET_BUFFER = 4 * 1024 * 1024
 # Datagrams read per wakeup before yielding, so one busy socket cannot starve the loop.
 UDX_RECV_BATCH = 256
 # Bytes the application may queue ahead of the peer's acks before send_all waits.

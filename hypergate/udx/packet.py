@@ -80,17 +80,18 @@ def encode(
     sacks: tuple[tuple[int, int], ...] | list[tuple[int, int]] = (),
     padding: int = 0,
 ) -> bytes:
-    """One datagram. SACK blocks go in the extension area; Node sends SACK with
-    data_offset 0 and no payload, so we do the same when there is no payload, and set
-    data_offset to the blocks' size when a payload follows."""
+    """One datagram. SACK blocks go in the extension area; Node sends SACK on a pure
+    ACK with data_offset 0, so we do the same there, and set data_offset to the blocks'
+    size on a packet that carries a payload."""
     if sacks:
         type |= SACK
         ext = b"".join(_PAIR.pack(start & _U32, end & _U32) for start, end in sacks)
     else:
         ext = bytes(padding)
-    if len(ext) > 255 and payload:
+    carries_payload = bool(payload) or bool(type & (DATA | END | MESSAGE))
+    if len(ext) > 255 and carries_payload:
         raise UdxPacketError(f"extension of {len(ext)} bytes does not fit data_offset (max 255)")
-    data_offset = len(ext) if payload else 0
+    data_offset = len(ext) if carries_payload else 0
     return encode_header(type, stream_id, rwnd, seq, ack, data_offset) + ext + bytes(payload)
 
 

@@ -60,6 +60,11 @@ class UdxSocket:
         # switch per datagram.
         self._raw = stdlib_socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
         self._raw.setblocking(False)
+        for option in (stdlib_socket.SO_RCVBUF, stdlib_socket.SO_SNDBUF):
+            try:  # a bulk stream's burst must not overflow the default ~200 KiB buffers
+                self._raw.setsockopt(stdlib_socket.SOL_SOCKET, option, limits.UDX_SOCKET_BUFFER)
+            except OSError:
+                pass
         self._on_datagram = on_datagram
         self._streams: dict[int, UdxStream] = {}
         self._timer_scope: trio.CancelScope | None = None
@@ -103,7 +108,7 @@ class UdxSocket:
     def handle_datagram(self, data: bytes, source: Address) -> None:
         try:
             touched: set[UdxStream] = set()
-            self._ingest(data, (source[0], source[1]), touched)
+            self._ingest(data, (source[0], source[1]), touched, trio.current_time())
             self._service(touched)
         except Exception:  # never raise into the hole puncher
             log.exception("udx handle_datagram failed source=%s", source)
@@ -131,6 +136,7 @@ class UdxSocket:
         while True:
             await trio.lowlevel.wait_readable(raw)
             touched: set[UdxStream] = set()
+            now = trio.current_time()
             for _ in range(limits.UDX_RECV_BATCH):
                 try:
                     data, source = raw.recvfrom(size)
@@ -139,7 +145,7 @@ class UdxSocket:
                 except OSError:  # e.g. ECONNREFUSED from an ICMP error on Linux
                     self.stats["receive_errors"] += 1
                     continue
-                self._ingest(data, (source[0], source[1]), touched)
+                self._ingest(data, source, touched, now)
             if touched:
                 self._service(touched)
 
@@ -164,7 +170,7 @@ class UdxSocket:
                 self._flush_backlog()
 
     # ------------------------------------------------------------------ internals
-    def _ingest(self, data: bytes, source: Address, touched: set) -> None:
+    def _ingest(self, data: bytes, source: Address, touched: set, now: float) -> None:
         self.stats["datagrams_in"] += 1
         stream = None
         if is_udx(data):
@@ -175,7 +181,7 @@ class UdxSocket:
             self.stats["other_in"] += 1
             if self._on_datagram is not None:
                 try:
-                    self._on_datagram(data, source)
+                    self._on_datagram(data, (source[0], source[1]))
                 except Exception:
                     self.stats["callback_errors"] += 1
                     log.exception("udx on_datagram callback failed source=%s", source)
@@ -188,7 +194,7 @@ class UdxSocket:
         self.stats["udx_in"] += 1
         if stream.remote_address is None:
             stream._connect(source)  # server side: the first packet connects (firewall hook)
-        stream.conn.receive(packet, trio.current_time())
+        stream.conn.receive(packet, now)
         touched.add(stream)
 
     def _service(self, streams) -> None:

@@ -64,6 +64,12 @@ class NewReno:
         self.ssthresh = max(pipe / 2, 2.0)
         self.cwnd = self.ssthresh
 
-    def on_timeout(self, pipe: int) -> None:
+    def on_timeout(self, pipe: int, ever_acked: bool) -> None:
+        if not ever_acked:
+            # The first packets went unanswered: the peer was not there yet (it opens its
+            # stream after ours, or the punched path is not up). That says nothing about
+            # the path's capacity, so start over as new rather than in congestion avoidance.
+            self.cwnd = float(limits.UDX_INITIAL_CWND)
+            return
         self.ssthresh = max(pipe / 2, 2.0)
         self.cwnd = 1.0

@@ -455,7 +455,7 @@ class UdxConnection:
                 f"{self._rto_expiries} retransmission timeouts over {waited:.1f} s"
             )
             return
-        self.cc.on_timeout(self._pipe())
+        self.cc.on_timeout(self._pipe(), ever_acked=self.rtt.srtt is not None)
         self.cc.recovery_end = None
         self.rtt.back_off()
         # Everything not SACKed is presumed lost and resent oldest first, as cwnd allows.

@@ -8,8 +8,8 @@
 //   stdin  {"port", "id", "host"}             where the Python stream is (or a proxy)
 //   stdout {"connected": true}
 //   stdout {"sent_sha256", "sent_bytes"}      (send mode, once everything is written)
-//   stdout {"received_sha256", "received_bytes", "stats"} once the peer's END arrived
-//   stdout {"closed": true} / {"error": "..."}
+//   stdout {"received_sha256", "received_bytes", "cpu_s"} once the peer's END arrived
+//   stdout {"closed": true, "cpu_s"} / {"error": "..."}
 const UDX = require('udx-native')
 const crypto = require('crypto')
 const readline = require('readline')
@@ -20,6 +20,7 @@ const socket = udx.createSocket()
 socket.bind(0, '127.0.0.1')
 const id = crypto.randomBytes(4).readUInt32LE(0)
 const stream = udx.createStream(id)
+const cpuSeconds = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6 }
 const say = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
 
 say({ port: socket.address().port, id })
@@ -40,11 +41,11 @@ stream.on('message', (message) => {
   if (mode === 'echo') stream.send(message) // unreliable datagrams are echoed too
 })
 stream.on('end', () => {
-  say({ received_sha256: received.digest('hex'), received_bytes: receivedBytes })
+  say({ received_sha256: received.digest('hex'), received_bytes: receivedBytes, cpu_s: cpuSeconds() })
   if (mode === 'echo') stream.end()
 })
 stream.on('close', async () => {
-  say({ closed: true })
+  say({ closed: true, cpu_s: cpuSeconds() })
   await socket.close()
   process.exit(0)
 })
@@ -53,7 +54,7 @@ const lines = readline.createInterface({ input: process.stdin })
 lines.once('line', (line) => {
   const peer = JSON.parse(line)
   stream.connect(socket, peer.id, peer.port, peer.host || '127.0.0.1')
-  say({ connected: true })
+  say({ connected: true, cpu_s: cpuSeconds() })
   if (mode === 'send') {
     const total = Number(countArg)
     const sent = crypto.createHash('sha256')

@@ -68,6 +68,8 @@ class NodeConfig:
     # (default: ws://<our public address>:<port>/).
     relay_serve: tuple[str, int] | None = None
     relay_advertise: str | None = None
+    # Hole punches tried with peers met on the DHT ("udp", "tcp"; empty: none).
+    holepunch: tuple[str, ...] = ("udp", "tcp")
 
 
 @attrs.define
@@ -186,7 +188,7 @@ class Node:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             self.dht_node = node
-            rendezvous = DhtRendezvous(self.router, node, self.config.relay_url)
+            rendezvous = DhtRendezvous(self.router, node, self.config.relay_url, self.config.holepunch)
             self._use_relays(rendezvous, node)
             await nursery.start(rendezvous.run)
             task_status.started()

@@ -156,6 +156,10 @@ def _gateway_option(value: str | None) -> tuple[bool, str | None]:
     "--relayAdvertise", "relay_advertise", default=None, metavar="URL", envvar=_env("RELAY_ADVERTISE"),
     help="URL peers use for --relayServe (e.g. wss:// behind a TLS proxy); default ws://<public IP>:PORT/.",
 )
+@click.option(
+    "--holepunch", "holepunch", default="udp,tcp", show_default=True, metavar="LIST", envvar=_env("HOLEPUNCH"),
+    help="Hole punches tried with peers met on the DHT: udp (link over UDX), tcp (simultaneous open), both, or none.",
+)
 @click.option("--scan", "scan_topic", default=None, metavar="TOPIC", envvar=_env("SCAN"), help="List the peers announced under a topic (hex) on the DHT, then exit.")
 @click.option("--verbose", is_flag=True, envvar=_env("VERBOSE"), help="Debug logging.")
 @click.pass_context
@@ -189,6 +193,7 @@ async def main_group(
     relay_url: str | None,
     relay_serve: str | None,
     relay_advertise: str | None,
+    holepunch: str,
     scan_topic: str | None,
     verbose: bool,
 ) -> None:
@@ -227,6 +232,7 @@ async def main_group(
     if relay_advertise is not None and not relay_advertise.startswith(("ws://", "wss://")):
         raise ConfigError(f"--relayAdvertise: expected a ws:// or wss:// URL, got {relay_advertise!r}")
     relay_listen = _relay_serve_option(relay_serve) if relay_serve is not None else None
+    holepunch_kinds = _holepunch_option(holepunch)
     # Direct mode (explicit addresses) needs no DHT; anything else finds peers on it.
     use_dht = bool(bootstrap) or (peer_port is None and not peer_addresses)
     if use_dht and peer_port is None:
@@ -269,6 +275,7 @@ async def main_group(
         relay_url=relay_url,
         relay_serve=relay_listen,
         relay_advertise=relay_advertise,
+        holepunch=holepunch_kinds,
     )
     if relay_listen is not None and config.dht_bootstrap is None and relay_advertise is None and relay_listen[0] in ("0.0.0.0", "::"):
         raise ConfigError("--relayServe: without the DHT we cannot tell our public address; give --relayAdvertise URL or a HOST")
@@ -278,6 +285,16 @@ async def main_group(
         services is not None, len(services or ()), is_gateway, node.router.keys.topic.hex()[:16],
     )
     await node.run_until_signalled()
+
+
+def _holepunch_option(value: str) -> tuple[str, ...]:
+    """`--holepunch LIST` (udp, tcp, udp,tcp or none) as the punch kinds to try."""
+    from .transport.paths import parse_holepunch
+
+    try:
+        return parse_holepunch(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _relay_serve_option(value: str) -> tuple[str, int]:

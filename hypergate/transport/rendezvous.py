@@ -7,6 +7,10 @@ of the peer's relays (see `hypergate.wire.rendezvous`), checks that the static k
 peer proved is the key it announced, and then opens a direct TCP connection to an
 address the peer disclosed only after authenticating it; on that connection both ends
 resume with the keys of the relayed handshake. The relays see opaque bytes only.
+
+Paths race: direct TCP to the peer's addresses, hole punches (TCP simultaneous open,
+`tcp_punch`; UDP with the link over UDX, `udp_punch`), and after a head start the
+peer's WebSocket relay. `holepunch` chooses which punches run (--holepunch).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import functools
 import logging
 import os
 import socket
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -30,13 +35,15 @@ from ..dht.messages import PeerRecord
 from ..dht.node import DHTError, DHTNode, PeerMessage, PeerReply
 from ..errors import HandshakeError, ProtocolError
 from ..wire import rendezvous as rv
+from . import tcp_punch
+from .paths import HOLEPUNCH_KINDS, describe_remote, open_paths
 from .relay import RelayError, open_relay_stream, relay_capability
+from .udp_punch import UdpPuncher, start_udx
 
 if TYPE_CHECKING:
     from ..router import Router
 
 log = logging.getLogger(__name__)
-
 
 
 def noise_key_of(ed25519_public_key: bytes) -> bytes:
@@ -59,9 +66,13 @@ class _Ready:
 
 
 class DhtRendezvous:
-    def __init__(self, router: Router, node: DHTNode, relay_url: str | None = None) -> None:
+    def __init__(
+        self, router: Router, node: DHTNode, relay_url: str | None = None, holepunch: Iterable[str] = HOLEPUNCH_KINDS
+    ) -> None:
         self.router = router
         self.node = node
+        # Which hole punches we try (and offer): "udp", "tcp".
+        self.holepunch = frozenset(holepunch)
         # A WebSocket relay where we also wait for clients that reach us no other way.
         self.relay_url = relay_url
         signing_key = router.identity.signing_key
@@ -149,19 +160,22 @@ class DhtRendezvous:
     async def _dial(self, record: PeerRecord) -> None:
         public_key = record.public_key
         name = public_key.hex()[:8]
-        try:
-            outcome = await self._connect(record)
-        finally:
-            self._dialing.discard(public_key)
-        if outcome is None:
-            self._retry_at[public_key] = trio.current_time() + limits.RENDEZVOUS_DIAL_BACKOFF_S
-            return
-        stream, handshake, address = outcome
-        link = SecureLink(stream, handshake.result, b"", initiator=True)
-        peer = await self.router.serve_link(link, address)
-        log.info("peer=%s event=dht_link_ended reason=%r", name, peer.close_reason)
+        # Whatever the path needs while the link lives (a UDX socket) runs in here.
+        async with trio.open_nursery() as link_nursery:
+            try:
+                outcome = await self._connect(record, link_nursery)
+            finally:
+                self._dialing.discard(public_key)
+            if outcome is None:
+                self._retry_at[public_key] = trio.current_time() + limits.RENDEZVOUS_DIAL_BACKOFF_S
+                return
+            stream, handshake, address = outcome
+            link = SecureLink(stream, handshake.result, b"", initiator=True)
+            peer = await self.router.serve_link(link, address)
+            log.info("peer=%s event=dht_link_ended reason=%r", name, peer.close_reason)
+            link_nursery.cancel_scope.cancel()
 
-    async def _connect(self, record: PeerRecord):
+    async def _connect(self, record: PeerRecord, link_nursery: trio.Nursery):
         """Relayed handshake, then a direct TCP connection; None when the peer is out of reach."""
         public_key = record.public_key
         name = public_key.hex()[:8]
@@ -172,32 +186,30 @@ class DhtRendezvous:
         for relay in relays:
             session_id = os.urandom(rv.SESSION_ID_SIZE)
             handshake = NoiseHandshake(initiator=True, identity=self.router.identity, router=self.router.keys)
-            punch_sock, my_punch = await self._punch_socket()
+            punch_sock, my_punch = await self._tcp_punch_socket()
+            udp = UdpPuncher(self.node) if "udp" in self.holepunch else None
             try:
-                with trio.fail_after(2 * limits.RENDEZVOUS_RELAYED_STEP_TIMEOUT_S):
-                    first = await self._exchange(public_key, relay, rv.Step.OPEN, session_id,
-                                                 handshake.next_outgoing()[FRAME_OVERHEAD:], rv.Step.REPLY)
-                    handshake.receive(first.body)
-                    third = handshake.next_outgoing()[FRAME_OVERHEAD:]
-                    if handshake.result.remote_static != noise_key_of(public_key):
-                        log.warning("peer=%s event=dial_refused reason='proved a key other than it announced'", name)
-                        punch_sock.close()
-                        return None
-                    ready = await self._exchange(public_key, relay, rv.Step.FINISH, session_id,
-                                                 rv.encode_finish(third, my_punch), rv.Step.READY)
-            except HandshakeError as exc:
-                log.warning("peer=%s relay=%s event=handshake_rejected reason=%r", name, relay, str(exc))
-                punch_sock.close()
-                return None
-            except (DHTError, ProtocolError, trio.TooSlowError) as exc:
-                log.info("peer=%s relay=%s event=relay_failed error=%r", name, relay, str(exc) or type(exc).__name__)
-                punch_sock.close()
+                attempt = await self._handshake(public_key, relay, session_id, handshake, my_punch, udp, name)
+            except BaseException:
+                _close_punches(punch_sock, udp)
+                raise
+            if attempt is None or attempt is False:
+                _close_punches(punch_sock, udp)
+                if attempt is None:
+                    return None
                 continue
             log.info("peer=%s relay=%s event=handshake_relayed firewall=%s", name, relay, self.firewall())
-            info = rv.decode_ready(ready.body)
+            info = attempt
             addresses, their_punch = info.addresses, info.punch
             relay_join = functools.partial(self._join_relay, info.relay, session_id, name) if info.relay else None
-            stream, kind = await self._open_paths(addresses, punch_sock, their_punch, relay_join)
+            try:
+                stream, kind = await open_paths(addresses, punch_sock, their_punch, relay_join, udp, info.udp, name)
+                if kind == "punched-udp":
+                    stream = await start_udx(stream, link_nursery, self.node, udp.stream_id, info.udp.stream_id,
+                                             initiator=True)
+            finally:
+                if udp is not None:
+                    udp.close()
             if stream is None:
                 log.warning(
                     "peer=%s event=unreachable addresses=%s punch=%s",
@@ -206,10 +218,37 @@ class DhtRendezvous:
                 )
                 return None
             await stream.send_all(rv.RESUME_MAGIC + session_id)
-            remote = _describe_remote(stream)
+            remote = describe_remote(stream)
             log.info("peer=%s event=link_path kind=%s remote=%s", name, kind, remote)
             return stream, handshake, remote
         return None
+
+    async def _handshake(self, public_key, relay, session_id, handshake, my_punch, udp, name):
+        """The relayed XX handshake; our UDP punch socket is classified meanwhile. The
+        peer's READY info, None to give the peer up, False to try the next relay."""
+        try:
+            with trio.fail_after(2 * limits.RENDEZVOUS_RELAYED_STEP_TIMEOUT_S):
+                async with trio.open_nursery() as nursery:
+                    if udp is not None:
+                        nursery.start_soon(udp.prepare, limits.UDP_PUNCH_CLASSIFY_TIMEOUT_S)
+                    first = await self._exchange(public_key, relay, rv.Step.OPEN, session_id,
+                                                 handshake.next_outgoing()[FRAME_OVERHEAD:], rv.Step.REPLY)
+                    handshake.receive(first.body)
+                    third = handshake.next_outgoing()[FRAME_OVERHEAD:]
+                    if handshake.result.remote_static != noise_key_of(public_key):
+                        log.warning("peer=%s event=dial_refused reason='proved a key other than it announced'", name)
+                        nursery.cancel_scope.cancel()
+                        return None
+                my_udp = udp.info if udp is not None and udp.info and udp.info.firewall != "unknown" else None
+                ready = await self._exchange(public_key, relay, rv.Step.FINISH, session_id,
+                                             rv.encode_finish(third, my_punch, my_udp), rv.Step.READY)
+                return rv.decode_ready(ready.body)
+        except HandshakeError as exc:
+            log.warning("peer=%s relay=%s event=handshake_rejected reason=%r", name, relay, str(exc))
+            return None
+        except (DHTError, ProtocolError, trio.TooSlowError) as exc:
+            log.info("peer=%s relay=%s event=relay_failed error=%r", name, relay, str(exc) or type(exc).__name__)
+            return False
 
     async def _exchange(self, public_key, relay, step, session_id, body, expect):
         message = rv.RendezvousMessage(step, session_id, body).encode()
@@ -258,7 +297,7 @@ class DhtRendezvous:
             await trio.aclose_forcefully(stream)  # the client took another path
             return
         del self._ready[session_id]
-        remote = _describe_remote(stream)
+        remote = describe_remote(stream)
         log.info("peer=%s event=link_path kind=%s remote=%s", message_name(ready), kind, remote)
         link = SecureLink(stream, ready.handshake.result, b"", initiator=False)
         await self.router.serve_link(link, remote)
@@ -273,64 +312,11 @@ class DhtRendezvous:
             return "unknown"
         return "consistent" if self.node.nat.port else "random"
 
-    async def _punch_socket(self):
-        """A TCP socket bound to a port of its own, and the address the other side should
-        aim at: our public IP as DHT nodes see it, with that port. None for the address
-        behind a random NAT, where the port the other side would aim at does not exist."""
-        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        await sock.bind(("0.0.0.0", 0))
-        public_host = self.node.nat.host
-        if public_host is None or self.firewall() == "random":
-            return sock, None
-        return sock, (public_host, sock.getsockname()[1])
-
-    async def _open_paths(self, addresses, punch_sock, their_punch, relay_join=None):
-        """Race the peer's direct addresses (staggered: a NAT's public address may silently
-        drop us while the LAN one works), a simultaneous-open punch and, after a short
-        head start for those, the peer's relay; the first connection wins, the others are
-        closed. Returns (stream, "direct"|"punched"|"relayed")."""
-        winner: list = []
-
-        async def finish(stream: trio.SocketStream, kind: str, nursery: trio.Nursery) -> None:
-            if winner:
-                await trio.aclose_forcefully(stream)
-                return
-            winner.append((stream, kind))
-            nursery.cancel_scope.cancel()
-
-        async def direct(host: str, port: int, delay: float, nursery: trio.Nursery) -> None:
-            await trio.sleep(delay)
-            try:
-                with trio.fail_after(limits.RENDEZVOUS_CONNECT_TIMEOUT_S):
-                    stream = await trio.open_tcp_stream(host, port)
-            except (OSError, trio.TooSlowError):
-                return
-            await finish(stream, "direct", nursery)
-
-        async def punch(nursery: trio.Nursery) -> None:
-            stream = await _simultaneous_open(punch_sock, their_punch)
-            if stream is not None:
-                await finish(stream, "punched", nursery)
-
-        async def relayed(nursery: trio.Nursery) -> None:
-            # Nothing to wait for when no punch is possible and the peer gave no address.
-            if their_punch is not None or addresses:
-                await trio.sleep(limits.RENDEZVOUS_RELAY_HEAD_START_S)
-            stream = await relay_join()
-            if stream is not None:
-                await finish(stream, "relayed", nursery)
-
-        async with trio.open_nursery() as nursery:
-            for index, (host, port) in enumerate(addresses):
-                nursery.start_soon(direct, host, port, index * limits.RENDEZVOUS_CONNECT_STAGGER_S, nursery)
-            if their_punch is not None:
-                nursery.start_soon(punch, nursery)
-            if relay_join is not None:
-                nursery.start_soon(relayed, nursery)
-        if not winner or winner[0][1] != "punched":
-            punch_sock.close()
-        return winner[0] if winner else (None, None)
+    async def _tcp_punch_socket(self):
+        """(socket, our punch address) when we TCP-punch, else (None, None)."""
+        if "tcp" not in self.holepunch:
+            return None, None
+        return await tcp_punch.punch_socket(self.node, self.firewall())
 
     # --- serving relayed handshakes -------------------------------------------------
 
@@ -366,21 +352,23 @@ class DhtRendezvous:
             if pending is None or len(self._ready) >= limits.RENDEZVOUS_MAX_PENDING:
                 return None
             try:
-                third, their_punch = rv.decode_finish(incoming.body)
-                pending.handshake.receive(third)
+                finish = rv.decode_finish(incoming.body)
+                pending.handshake.receive(finish.message3)
             except (HandshakeError, rv.RendezvousError) as exc:
                 log.warning("peer=%s event=handshake_rejected reason=%r", message.peer_address, str(exc))
                 return None
-            my_punch = None
-            if their_punch is not None and self._nursery is not None:
-                punch_sock, my_punch = await self._punch_socket()
+            my_punch = my_udp = None
+            if finish.punch is not None and self._nursery is not None and "tcp" in self.holepunch:
+                punch_sock, my_punch = await self._tcp_punch_socket()
                 if my_punch is None:
                     punch_sock.close()
                 else:
-                    self._nursery.start_soon(self._punch_from_server, punch_sock, their_punch, sid)
+                    self._nursery.start_soon(self._punch_from_server, punch_sock, finish.punch, sid)
+            if finish.udp is not None and self._nursery is not None and "udp" in self.holepunch:
+                my_udp = await self._prepare_udp_from_server(finish.udp, sid, pending.handshake)
             if self.relay_url is not None and self._nursery is not None:
                 self._nursery.start_soon(self._wait_on_relay, sid)
-            body = rv.ReadyInfo(self._my_addresses(message), my_punch, self.relay_url).encode()
+            body = rv.ReadyInfo(self._my_addresses(message), my_punch, self.relay_url, my_udp).encode()
             reply = rv.RendezvousMessage(rv.Step.READY, sid, body).encode()
             self._ready[sid] = _Ready(pending.handshake, reply, trio.current_time())
             return PeerReply(reply)
@@ -389,9 +377,41 @@ class DhtRendezvous:
     async def _punch_from_server(self, sock, their_punch, session_id: bytes) -> None:
         """Our half of the simultaneous open; the client then resumes on it as on a
         connection to our listener."""
-        stream = await _simultaneous_open(sock, their_punch)
+        stream = await tcp_punch.simultaneous_open(sock, their_punch)
         if stream is not None:
-            await self._resume_on(stream, session_id, "punched")
+            await self._resume_on(stream, session_id, "punched-tcp")
+
+    async def _prepare_udp_from_server(self, theirs: rv.UdpPunchInfo, session_id: bytes, handshake):
+        """Classify a UDP punch socket (quickly: the client is waiting for READY) and
+        start punching from it; our info for READY, or None."""
+        udp = UdpPuncher(self.node)
+        try:
+            info = await udp.prepare(limits.UDP_PUNCH_SERVER_CLASSIFY_TIMEOUT_S)
+        except BaseException:
+            udp.close()
+            raise
+        if info is None:
+            udp.close()
+            return None
+        name = handshake.result.remote_static.hex()[:8] if handshake.result else "?"
+        self._nursery.start_soon(self._punch_udp_from_server, udp, theirs, session_id, name)
+        return info
+
+    async def _punch_udp_from_server(self, udp: UdpPuncher, theirs: rv.UdpPunchInfo, session_id: bytes,
+                                     name: str) -> None:
+        """Our half of the UDP punch; the client resumes on the UDX stream it opens to the
+        socket that met it. The UDX socket lives as long as the link."""
+        try:
+            punched = await udp.punch(theirs, initiator=False, name=name, spray_delay_s=limits.UDP_PUNCH_SPRAY_DELAY_S)
+            if punched is None:
+                return
+            async with trio.open_nursery() as link_nursery:
+                stream = await start_udx(punched, link_nursery, self.node, udp.stream_id, theirs.stream_id,
+                                         initiator=False)
+                await self._resume_on(stream, session_id, "punched-udp")
+                link_nursery.cancel_scope.cancel()
+        finally:
+            udp.close()
 
     def _expire(self) -> None:
         cutoff = trio.current_time() - limits.RENDEZVOUS_PENDING_TTL_S
@@ -458,29 +478,11 @@ def message_name(ready: _Ready) -> str:
     return result.remote_static.hex()[:8] if result else "?"
 
 
-async def _simultaneous_open(sock, their_punch) -> trio.SocketStream | None:
-    """connect() from our bound punch socket to the other side's punch address. The
-    kernel retransmits the SYN; the other side does the same towards us, so once both
-    NATs have a mapping the SYNs cross and one TCP connection results."""
-    try:
-        with trio.fail_after(limits.RENDEZVOUS_PUNCH_TIMEOUT_S):
-            await sock.connect(their_punch)
-    except (OSError, trio.TooSlowError):
-        sock.close()
-        return None
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return trio.SocketStream(sock)
-
-
-def _describe_remote(stream) -> str:
-    sock = getattr(stream, "socket", None)
-    if sock is not None:
-        try:
-            host, port = sock.getpeername()[:2]
-            return f"{host}:{port}"
-        except OSError:
-            pass
-    return getattr(stream, "url", "relay")
+def _close_punches(punch_sock, udp: UdpPuncher | None) -> None:
+    if punch_sock is not None:
+        punch_sock.close()
+    if udp is not None:
+        udp.close()
 
 
 @functools.lru_cache(maxsize=64)

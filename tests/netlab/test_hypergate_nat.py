@@ -2,7 +2,9 @@
 the lab's "internet", and carry HTTP and a SHA-256-checked bulk transfer end to end.
 
 A public gateway, two peers behind one NAT, and two consistent NATs get a direct or a
-punched (TCP simultaneous open) path; pairs with a random NAT meet at a WebSocket relay
+punched path (UDP with the link over UDX, or TCP simultaneous open: --holepunch chooses);
+a consistent and a random NAT punch over UDP with many ports (hyperdht's birthday
+strategy); two random NATs, or peers without hole punching, meet at a WebSocket relay
 on the lab's internet, end-to-end encrypted."""
 
 from __future__ import annotations
@@ -83,9 +85,11 @@ async def start_relay(lab, cluster) -> str:
     return f"ws://{address}:{RELAY_PORT}/"
 
 
-async def run_case(lab, cluster, provider_host: str, gateway_host: str, relay: bool = True):
+async def run_case(lab, cluster, provider_host: str, gateway_host: str, relay: bool = True, holepunch: str | None = None):
     bootstrap = await start_dht_network(lab, cluster)
     relay_args = ("--relay", await start_relay(lab, cluster)) if relay else ()
+    if holepunch is not None:
+        relay_args += ("--holepunch", holepunch)
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     lab.popen(provider_host, [sys.executable, "-c", ECHO_SERVER], **quiet)
     lab.popen(provider_host, [sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind", "127.0.0.1"], **quiet)
@@ -141,11 +145,32 @@ async def test_both_behind_the_same_nat_use_the_lan_path(make_lab, cluster):
     assert connected and all(f"@{lan_prefix}" in line for line in connected), connected
 
 
-async def test_both_behind_consistent_nats_punch_a_direct_path(make_lab, cluster):
+def link_paths(provider, gateway) -> list[str]:
+    return provider.find("event=link_path") + gateway.find("event=link_path")
+
+
+async def test_both_behind_consistent_nats_punch_a_udp_path(make_lab, cluster):
+    lab = make_lab({"home": ("consistent", ["provider"]), "office": ("consistent", ["gateway"])})
+    provider, gateway, _ = await run_case(lab, cluster, "provider", "gateway", holepunch="udp")
+    paths = link_paths(provider, gateway)
+    assert paths and all("kind=punched-udp" in line for line in paths), paths
+    punches = provider.find("event=udp_punch ") + gateway.find("event=udp_punch ")
+    assert punches and all("strategy=probe outcome=punched" in line for line in punches), punches
+
+
+async def test_both_behind_consistent_nats_punch_a_tcp_path(make_lab, cluster):
+    lab = make_lab({"home": ("consistent", ["provider"]), "office": ("consistent", ["gateway"])})
+    provider, gateway, _ = await run_case(lab, cluster, "provider", "gateway", holepunch="tcp")
+    paths = link_paths(provider, gateway)
+    assert paths and all("kind=punched-tcp" in line for line in paths), paths
+    assert not provider.find("event=udp_punch") and not gateway.find("event=udp_punch")
+
+
+async def test_both_behind_consistent_nats_punch_by_default(make_lab, cluster):
     lab = make_lab({"home": ("consistent", ["provider"]), "office": ("consistent", ["gateway"])})
     provider, gateway, _ = await run_case(lab, cluster, "provider", "gateway")
-    paths = provider.find("event=link_path") + gateway.find("event=link_path")
-    assert paths and all("kind=punched" in line for line in paths), paths
+    paths = link_paths(provider, gateway)
+    assert paths and all("kind=punched-udp" in line or "kind=punched-tcp" in line for line in paths), paths
 
 
 async def test_link_recovers_after_the_nat_forgets_its_mappings(make_lab, cluster):
@@ -163,17 +188,53 @@ async def test_link_recovers_after_the_nat_forgets_its_mappings(make_lab, cluste
     assert page.returncode == 0 and "Directory listing" in page.stdout, (page.stderr, gateway.lines[-20:])
 
 
-async def test_consistent_and_random_nats_meet_at_the_relay(make_lab, cluster):
-    """A one-port punch cannot open a random NAT (tests/netlab/test_lab.py shows why); the
-    peers fall back to the relay without any user action."""
+async def test_link_over_udp_recovers_after_the_nat_forgets_its_mappings(make_lab, cluster):
+    """The same over a UDP-punched link (UDX): after the flush the provider's next
+    packets (UDX retransmits, mux keepalives) re-create the mapping, or the dead link is
+    replaced by a new punch; new channels work either way."""
+    lab = make_lab({"home": ("consistent", ["provider"]), "office": ("consistent", ["gateway"])})
+    provider, gateway, gates = await run_case(lab, cluster, "provider", "gateway", holepunch="udp")
+    assert all("kind=punched-udp" in line for line in link_paths(provider, gateway))
+    await trio.to_thread.run_sync(lab.flush_conntrack, "home")
+    await trio.to_thread.run_sync(lab.flush_conntrack, "office")
+    gate_http = gates["http"]
+    page = await trio.to_thread.run_sync(
+        lambda: lab.exec("gateway", "curl", "-sS", "-m", "100", "--retry", "10", "--retry-all-errors",
+                         "--retry-delay", "5", f"http://127.0.0.1:{gate_http}/", check=False, timeout=150)
+    )
+    assert page.returncode == 0 and "Directory listing" in page.stdout, (page.stderr, gateway.lines[-20:])
+    bulk = await trio.to_thread.run_sync(
+        lambda: lab.exec("gateway", sys.executable, "-c", BULK_CLIENT, str(gates["echo"]), str(1024 * 1024),
+                         check=False, timeout=120)
+    )
+    assert bulk.stdout.strip() == "OK", (bulk.stdout, bulk.stderr)
+
+
+async def test_consistent_and_random_nats_punch_over_udp(make_lab, cluster):
+    """One port cannot open a random NAT (tests/netlab/test_lab.py shows why): the random
+    side opens 256 sockets towards the consistent side, which sprays random ports of the
+    random NAT until one of their mappings answers."""
     lab = make_lab({"home": ("consistent", ["provider"]), "office": ("random", ["gateway"])})
     provider, gateway, _ = await run_case(lab, cluster, "provider", "gateway")
-    paths = provider.find("event=link_path") + gateway.find("event=link_path")
+    paths = link_paths(provider, gateway)
+    assert paths and all("kind=punched-udp" in line for line in paths), paths
+    strategies = " ".join(provider.find("event=udp_punch .*outcome=punched") + gateway.find("event=udp_punch .*outcome=punched"))
+    assert "strategy=spray" in strategies and "strategy=birthday" in strategies, strategies
+
+
+async def test_consistent_and_random_nats_meet_at_the_relay_without_udp_punching(make_lab, cluster):
+    """A TCP punch cannot open a random NAT; the peers fall back to the relay without any
+    user action."""
+    lab = make_lab({"home": ("consistent", ["provider"]), "office": ("random", ["gateway"])})
+    provider, gateway, _ = await run_case(lab, cluster, "provider", "gateway", holepunch="tcp")
+    paths = link_paths(provider, gateway)
     assert paths and any("kind=relayed" in line for line in paths), paths
 
 
 async def test_both_random_nats_are_relayed_automatically(make_lab, cluster):
     lab = make_lab({"home": ("random", ["provider"]), "office": ("random", ["gateway"])})
     provider, gateway, _ = await run_case(lab, cluster, "provider", "gateway")
-    paths = provider.find("event=link_path") + gateway.find("event=link_path")
+    paths = link_paths(provider, gateway)
     assert paths and all("kind=relayed" in line for line in paths), paths
+    skipped = provider.find("event=udp_punch .*strategy=none") + gateway.find("event=udp_punch .*strategy=none")
+    assert skipped and all("both NATs randomize ports" in line for line in skipped), skipped

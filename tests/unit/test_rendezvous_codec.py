@@ -55,3 +55,47 @@ def test_relayed_messages_stay_well_under_the_relay_size_limit():
         sizes.append(len(rv.RendezvousMessage(rv.Step.OPEN, bytes(16), body).encode()))
         receiver.receive(body)
     assert max(sizes) < 200  # Node relays forward up to 2048 bytes
+
+
+def test_finish_and_ready_carry_udp_punch_info():
+    udp = rv.UdpPunchInfo("consistent", (("203.0.113.1", 5000), ("203.0.113.1", 5001)), 0xDEADBEEF)
+    finish = rv.decode_finish(rv.encode_finish(b"m3" * 40, ("203.0.113.1", 6000), udp))
+    assert finish == rv.FinishInfo(b"m3" * 40, ("203.0.113.1", 6000), udp)
+    assert rv.decode_finish(rv.encode_finish(b"m3", None)) == rv.FinishInfo(b"m3", None, None)
+    random_nat = rv.UdpPunchInfo("random", (("192.0.2.9", 0),), 1)
+    ready = rv.ReadyInfo([("192.0.2.9", 4000)], None, "ws://relay/", random_nat)
+    assert rv.decode_ready(ready.encode()) == ready
+    assert rv.decode_ready(rv.ReadyInfo([("h", 1)]).encode()).udp is None
+    # Four addresses at most; the whole message stays well under the relay's limit.
+    many = rv.UdpPunchInfo("consistent", tuple(("203.0.113.1", 5000 + i) for i in range(10)), 7)
+    body = rv.encode_finish(bytes(200), ("203.0.113.1", 6000), many)
+    assert len(rv.decode_finish(body).udp.addresses) == rv.MAX_UDP_ADDRESSES
+    assert len(body) < rv.MAX_BODY
+
+
+@pytest.mark.parametrize("udp", [
+    {"fw": "sideways", "addrs": [], "id": 1},
+    {"fw": "open", "addrs": [["h", 70000]], "id": 1},
+    {"fw": "open", "addrs": [["", 1]], "id": 1},
+    {"fw": "open", "addrs": [], "id": 0},
+    {"fw": "open", "addrs": [], "id": 2**32},
+    {"fw": "open", "addrs": [], "id": "1"},
+    {"fw": "open", "addrs": []},
+    {"fw": "open", "addrs": [[1]], "id": 1},
+    "consistent",
+])
+def test_bad_udp_punch_info_is_refused(udp):
+    import json
+
+    with pytest.raises(rv.RendezvousError):
+        rv.decode_finish(b"\x00\x01x" + json.dumps({"udp": udp}).encode())
+    with pytest.raises(rv.RendezvousError):
+        rv.decode_ready(json.dumps({"tcp": [], "udp": udp}).encode())
+
+
+@given(st.binary(max_size=300))
+def test_finish_bodies_raise_only_the_codec_error(data):
+    try:
+        rv.decode_finish(data)
+    except rv.RendezvousError:
+        pass

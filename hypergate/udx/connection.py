@@ -13,6 +13,7 @@ bytes in flight than the peer's rwnd.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 
 from hypergate import limits
@@ -21,6 +22,8 @@ from hypergate.udx.congestion import NewReno, RttEstimator
 from hypergate.udx.packet import Packet, encode_header, seq_diff
 
 _U32 = 0xFFFFFFFF
+# type, data_offset, (id skipped), rwnd, seq, ack: the header from byte 2 on
+_FIELDS = struct.Struct("<BB4xIII")
 
 
 class _Sent:
@@ -55,7 +58,13 @@ class UdxConnection:
         self.max_payload = max_payload
         self.receive_buffer = receive_buffer
         self.send_buffer = send_buffer
-        self.stats = {"retransmits": 0, "fast_retransmits": 0, "rto_expiries": 0, "dropped_out_of_window": 0}
+        self.stats = {
+            "retransmits": 0,
+            "fast_retransmits": 0,
+            "tail_loss_probes": 0,
+            "rto_expiries": 0,
+            "dropped_out_of_window": 0,
+        }
         # -- send side --
         self.snd_una = 0
         self.snd_nxt = 0
@@ -66,6 +75,7 @@ class UdxConnection:
         self._n_sacked = 0
         self._n_lost = 0
         self._dupacks = 0
+        self._rack_sent_at = float("-inf")  # send time of the latest packet known delivered
         self.peer_rwnd = limits.UDX_RECEIVE_BUFFER  # Node's advertisement until told otherwise
         self._wl1 = 0
         self._wl2 = 0
@@ -76,6 +86,10 @@ class UdxConnection:
         self.cc = NewReno()
         self._rto_deadline: float | None = None
         self._probe_deadline: float | None = None  # zero-window probe (HEARTBEAT)
+        self._tlp_deadline: float | None = None  # tail loss probe (RFC 8985 7)
+        self._tlp_armed = True  # one probe per stall: re-armed by ack progress
+        self._send_credit = 0  # packets we may send beyond cwnd (fast retransmit, TLP)
+        self._tlp_pending = False
         self._rto_expiries = 0
         self._stalled_since: float | None = None  # oldest unacked transmission without progress
         # -- receive side --
@@ -88,6 +102,7 @@ class UdxConnection:
         self.eof_received = False
         self._rwnd_sent = receive_buffer
         self._ack_pending = False
+        self._data_since_ack = 0  # DATA/END packets taken since our last ACK went out
         self.messages: deque[bytes] = deque()
         self.messages_dropped = 0
         # -- lifecycle --
@@ -172,17 +187,51 @@ class UdxConnection:
 
     # ------------------------------------------------------------------ network side
     def receive(self, packet: Packet, now: float) -> None:
-        """Process one packet addressed to this stream (UDX-WIRE §5 order)."""
+        """Process one decoded packet addressed to this stream (UDX-WIRE §5 order)."""
+        self._receive_fields(packet.type, packet.rwnd, packet.seq, packet.ack, packet.payload, packet.sacks, now)
+
+    def receive_datagram(self, data: bytes, now: float) -> None:
+        """Parse and process one datagram whose header (magic, version, id) the caller
+        checked. The common case, the next in-order DATA packet, takes a short path;
+        anything else goes through the full decoder (which raises UdxPacketError)."""
+        kind, data_offset, rwnd, seq, ack = _FIELDS.unpack_from(data, 2)
+        if (
+            kind == wire.DATA
+            and data_offset == 0
+            and seq == self.rcv_nxt
+            and ack == self.snd_una
+            and not self._ooo
+            and self._remote_end_seq is None
+            and self.error is None
+            and not self.detached
+            and self._unread + len(data) <= self.receive_buffer
+        ):
+            self.rcv_nxt = (seq + 1) & _U32
+            payload = data[20:]
+            if payload:
+                self._readable.append(payload)
+                self._unread += len(payload)
+            self._ack_pending = True
+            self._data_since_ack += 1
+            if seq_diff(seq, self._wl1) > 0 or (seq == self._wl1 and seq_diff(ack, self._wl2) >= 0):
+                self.peer_rwnd = rwnd
+                self._wl1, self._wl2 = seq, ack
+            return
+        if kind & wire.SACK or data_offset:
+            self.receive(wire.decode(data), now)
+        else:
+            payload = memoryview(data)[20:] if kind & (wire.DATA | wire.END | wire.MESSAGE) else b""
+            self._receive_fields(kind, rwnd, seq, ack, payload, (), now)
+
+    def _receive_fields(self, kind: int, rwnd: int, seq: int, ack: int, payload, sacks, now: float) -> None:
         if self.error is not None:
             return
-        kind = packet.type
         if kind & wire.HEARTBEAT:
-            self._ack_pending = True
+            self._ack_pending = True  # answered with an ACK; the rest of it is ignored
             return
-        seq = packet.seq
-        if kind & (wire.DATA | wire.END):
-            self._ack_pending = True
-            self._receive_data(seq, packet.payload, bool(kind & wire.END))
+        carries_data = kind & (wire.DATA | wire.END)
+        if carries_data:
+            self._receive_data(seq, payload, bool(kind & wire.END))
         elif kind & wire.DESTROY:
             if seq_diff(seq, self.rcv_nxt) >= 0:
                 self._fail("peer reset the stream (DESTROY)")
@@ -191,25 +240,30 @@ class UdxConnection:
             if self.detached or len(self.messages) >= limits.UDX_MESSAGE_QUEUE:
                 self.messages_dropped += 1
             else:
-                self.messages.append(bytes(packet.payload))
-        ack = packet.ack
+                self.messages.append(bytes(payload))
         if seq_diff(ack, self.snd_nxt) > 0:
-            # Node's rule: an ack beyond what we sent voids the packet's ack processing.
-            self._ack_pending = False
-            return
+            return  # Node's rule: an ack beyond what we sent voids the rest, our ACK too
+        if carries_data:
+            self._ack_pending = True  # every DATA/END is ACKed, duplicates included
+            self._data_since_ack += 1
         advance = seq_diff(ack, self.snd_una)
-        window_changed = packet.rwnd != self.peer_rwnd
+        window_changed = rwnd != self.peer_rwnd
         if advance >= 0 and (seq_diff(seq, self._wl1) > 0 or (seq == self._wl1 and seq_diff(ack, self._wl2) >= 0)):
-            self.peer_rwnd = packet.rwnd
+            self.peer_rwnd = rwnd
             self._wl1, self._wl2 = seq, ack
-        newly_sacked = self._apply_sacks(packet.sacks, ack if advance > 0 else self.snd_una)
+        newly_sacked = self._apply_sacks(sacks, ack if advance > 0 else self.snd_una, now) if sacks else False
         if advance > 0:
             self._cumulative_ack(ack, advance, now)
         elif advance == 0 and self._inflight and not window_changed and not kind & (wire.DATA | wire.END | wire.MESSAGE):
             # RFC 5681: a duplicate ack carries no data and does not change the window.
             self._dupacks += 1
+        if newly_sacked or advance > 0:
+            self._tlp_deadline = None
+            self._tlp_armed = True
         if newly_sacked or self._dupacks >= limits.UDX_DUP_THRESHOLD:
             self._detect_losses()
+        if (newly_sacked or advance > 0) and self._inflight:
+            self._detect_losses_by_time()
         self._check_done(now)
 
     def _receive_data(self, seq: int, payload: memoryview | bytes, is_end: bool) -> None:
@@ -251,7 +305,15 @@ class UdxConnection:
             self._ooo.clear()
             self._ooo_bytes = 0
 
-    def _apply_sacks(self, sacks, una: int) -> bool:
+    def _rack_update(self, sent: _Sent, now: float) -> None:
+        # A retransmitted packet counts only if this is surely not the original's
+        # delivery (RFC 8985 6.2: the RTT since the retransmission is at least min_rtt).
+        if sent.retransmitted and now - sent.sent_at < (self.rtt.min_rtt or 0.0):
+            return
+        if sent.sent_at > self._rack_sent_at:
+            self._rack_sent_at = sent.sent_at
+
+    def _apply_sacks(self, sacks, una: int, now: float) -> bool:
         newly = False
         for start, end in sacks:
             if not (seq_diff(start, una) >= 0 and seq_diff(end, start) > 0 and seq_diff(self.snd_nxt, end) >= 0):
@@ -263,6 +325,7 @@ class UdxConnection:
                     sent.sacked = True
                     self._n_sacked += 1
                     newly = True
+                    self._rack_update(sent, now)
                     if sent.lost:
                         sent.lost = False
                         self._n_lost -= 1
@@ -283,8 +346,10 @@ class UdxConnection:
             self._inflight_bytes -= len(sent.payload)
             if sent.sacked:
                 self._n_sacked -= 1
-            elif not sent.retransmitted:
-                sample_from = sent  # Karn: never sample a retransmitted packet
+            else:
+                self._rack_update(sent, now)
+                if not sent.retransmitted:
+                    sample_from = sent  # Karn: never sample a retransmitted packet
             if sent.lost:
                 self._n_lost -= 1
             if sent.end:
@@ -326,7 +391,32 @@ class UdxConnection:
             if self.cc.recovery_end is None:
                 self.cc.on_loss(self._pipe())
                 self.cc.recovery_end = self.snd_nxt
+                self._send_credit = 1  # RFC 5681: the first loss is resent at once
         self._dupacks = 0 if self._dupacks >= threshold else self._dupacks
+
+    def _detect_losses_by_time(self) -> None:
+        """RACK (RFC 8985) without its timer: a packet sent a reorder window before one
+        that was since delivered is lost. This is what finds a lost retransmission
+        without waiting for the RTO."""
+        reorder_window = max((self.rtt.min_rtt or 0.0) / 4, limits.UDX_MIN_REORDER_WINDOW_S)
+        horizon = self._rack_sent_at - reorder_window
+        newly_lost = False
+        for sent in self._inflight.values():
+            if sent.sent_at >= horizon:
+                if not sent.retransmitted:
+                    break  # originals are in send order: none further can qualify
+                continue
+            if not sent.sacked and not sent.lost:
+                sent.lost = True
+                self._n_lost += 1
+                self._lost.append(sent.seq)
+                newly_lost = True
+        if newly_lost:
+            self.stats["fast_retransmits"] += 1
+            if self.cc.recovery_end is None:
+                self.cc.on_loss(self._pipe())
+                self.cc.recovery_end = self.snd_nxt
+                self._send_credit = 1  # RFC 5681: the first loss is resent at once
 
     def _pipe(self) -> int:
         return len(self._inflight) - self._n_sacked - self._n_lost
@@ -344,6 +434,14 @@ class UdxConnection:
         if self._ack_pending:
             out.append(self._encode_ack())
         room = int(self.cc.cwnd) - self._pipe()
+        if self._tlp_pending:
+            self._tlp_pending = False
+            if not (self._unsent or self._end_requested and self._end_seq is None) or self.peer_rwnd <= self._inflight_bytes:
+                self._probe_with_last_packet()
+            self._send_credit = max(self._send_credit, 1)
+        if self._send_credit and room < 1:
+            room = 1
+        self._send_credit = 0
         while room > 0 and self._lost:
             sent = self._inflight.get(self._lost.popleft())
             if sent is None or not sent.lost:
@@ -379,6 +477,8 @@ class UdxConnection:
             if self._rto_deadline is None:
                 self._rto_deadline = now + self.rtt.rto
                 self._stalled_since = now
+            if self._tlp_deadline is None and self._tlp_armed and self.rtt.srtt is not None:
+                self._tlp_deadline = now + max(2 * self.rtt.srtt, limits.UDX_MIN_TLP_S)
             self._probe_deadline = None
         elif blocked_by_rwnd:
             if self._probe_deadline is None:
@@ -387,14 +487,35 @@ class UdxConnection:
             self._probe_deadline = None
         return out
 
+    def _probe_with_last_packet(self) -> None:
+        """TLP without new data: resend the newest unSACKed packet, so its ACK (with
+        SACK blocks) tells us what else is missing."""
+        for sent in reversed(self._inflight.values()):
+            if not sent.sacked:
+                if not sent.lost:
+                    sent.lost = True
+                    self._n_lost += 1
+                    self._lost.appendleft(sent.seq)
+                return
+
     def _encode_sent(self, sent: _Sent) -> bytes:
         kind = (wire.DATA if sent.payload else 0) | (wire.END if sent.end else 0)
         rwnd = self.rwnd
         self._rwnd_sent = rwnd
         return encode_header(kind, self.remote_id, rwnd, sent.seq, self.rcv_nxt) + sent.payload
 
+    @property
+    def ack_due(self) -> bool:
+        """Enough DATA arrived since our last ACK that the driver should send one now,
+        in the middle of a receive batch (so one lost ACK does not stall a whole flight)."""
+        return self._data_since_ack >= limits.UDX_ACK_EVERY
+
+    def take_ack(self) -> bytes:
+        return self._encode_ack()
+
     def _encode_ack(self) -> bytes:
         self._ack_pending = False
+        self._data_since_ack = 0
         rwnd = self.rwnd
         self._rwnd_sent = rwnd
         return wire.encode(0, self.remote_id, rwnd, self.snd_nxt, self.rcv_nxt, sacks=self._sack_blocks())
@@ -431,7 +552,7 @@ class UdxConnection:
     def next_deadline(self) -> float | None:
         if self.error is not None:
             return None
-        deadlines = [d for d in (self._rto_deadline, self._probe_deadline) if d is not None]
+        deadlines = [d for d in (self._rto_deadline, self._probe_deadline, self._tlp_deadline) if d is not None]
         return min(deadlines) if deadlines else None
 
     def handle_timeout(self, now: float) -> None:
@@ -441,6 +562,12 @@ class UdxConnection:
             # Zero window: ask for a fresh window with a HEARTBEAT (the peer ACKs it).
             self._control.append(encode_header(wire.HEARTBEAT, self.remote_id, self.rwnd, self.snd_nxt, self.rcv_nxt))
             self._probe_deadline = now + self.rtt.rto
+        if self._tlp_deadline is not None and now >= self._tlp_deadline:
+            self._tlp_deadline = None
+            if self._inflight and (self._rto_deadline is None or now < self._rto_deadline):
+                self._tlp_armed = False
+                self._tlp_pending = True
+                self.stats["tail_loss_probes"] += 1
         if self._rto_deadline is None or now < self._rto_deadline:
             return
         if not self._inflight:
@@ -486,6 +613,7 @@ class UdxConnection:
         self._unsent.clear()
         self._lost.clear()
         self._n_sacked = self._n_lost = 0
-        self._rto_deadline = self._probe_deadline = None
+        self._rto_deadline = self._probe_deadline = self._tlp_deadline = None
+        self._tlp_pending = False
         self._ack_pending = False
         self._control.clear()

@@ -16,6 +16,7 @@ import math
 import os
 import secrets
 import socket as stdlib_socket
+import struct
 from collections import deque
 from typing import Callable
 
@@ -23,11 +24,12 @@ import trio
 
 from hypergate import limits
 from hypergate.udx.connection import UdxConnection
-from hypergate.udx.packet import UdxPacketError, decode, is_udx
+from hypergate.udx.packet import HEADER_SIZE, MAGIC, VERSION, UdxPacketError
 
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
+_STREAM_ID = struct.Struct("<I")
 
 
 class _ConflictGuard:
@@ -81,6 +83,8 @@ class UdxSocket:
             "send_errors": 0,
             "receive_errors": 0,
             "callback_errors": 0,
+            "retransmits": 0,  # summed over this socket's streams
+            "rto_expiries": 0,
         }
 
     # ------------------------------------------------------------------ public API
@@ -173,8 +177,8 @@ class UdxSocket:
     def _ingest(self, data: bytes, source: Address, touched: set, now: float) -> None:
         self.stats["datagrams_in"] += 1
         stream = None
-        if is_udx(data):
-            stream = self._streams.get(int.from_bytes(data[4:8], "little"))
+        if len(data) >= HEADER_SIZE and data[0] == MAGIC and data[1] == VERSION:  # is_udx, inlined
+            stream = self._streams.get(_STREAM_ID.unpack_from(data, 4)[0])
             if stream is None:
                 self.stats["dropped_unknown_stream"] += 1
         if stream is None:
@@ -186,15 +190,17 @@ class UdxSocket:
                     self.stats["callback_errors"] += 1
                     log.exception("udx on_datagram callback failed source=%s", source)
             return
+        conn = stream.conn
         try:
-            packet = decode(data)
+            conn.receive_datagram(data, now)
         except UdxPacketError:
             self.stats["dropped_malformed"] += 1
             return
         self.stats["udx_in"] += 1
         if stream.remote_address is None:
-            stream._connect(source)  # server side: the first packet connects (firewall hook)
-        stream.conn.receive(packet, now)
+            stream._connect(source)  # server side: the first valid packet connects (firewall hook)
+        if conn.ack_due and stream.remote_address is not None and conn.error is None:
+            self._transmit([conn.take_ack()], stream.remote_address)
         touched.add(stream)
 
     def _service(self, streams) -> None:
@@ -209,6 +215,9 @@ class UdxSocket:
                 out = conn.poll_transmit(now)
                 if out:
                     self._transmit(out, stream.remote_address)
+            for key in ("retransmits", "rto_expiries"):
+                self.stats[key] += conn.stats[key] - stream._reported[key]
+                stream._reported[key] = conn.stats[key]
             conn.mark_time(now)
             stream._wake()
             if stream._finished(now):
@@ -285,6 +294,7 @@ class UdxStream(trio.abc.HalfCloseableStream):
         self._recv_guard = _ConflictGuard("another task is already receiving on this UDX stream")
         self._closed = False
         self._detached_at: float | None = None
+        self._reported = {"retransmits": 0, "rto_expiries": 0}  # already added to the socket's stats
 
     def __repr__(self) -> str:
         return f"<UdxStream {self.local_id:#x}->{self.remote_id:#x} {self.remote_address}>"

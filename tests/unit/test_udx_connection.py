@@ -53,9 +53,11 @@ class Network:
         self.on_step = None
 
     def _emit(self, source: str) -> None:
-        end = self.ends[source]
+        self._send(source, self.ends[source].conn.poll_transmit(self.now))
+
+    def _send(self, source: str, datagrams: list[bytes]) -> None:
         destination = "b" if source == "a" else "a"
-        for datagram in end.conn.poll_transmit(self.now):
+        for datagram in datagrams:
             packet = decode(datagram)
             self.sent[source].append(packet)
             if self.filter is not None and self.filter(source, packet, len(self.sent[source]) - 1):
@@ -93,7 +95,10 @@ class Network:
             assert self.now <= limit_s, f"not done after {limit_s} virtual seconds"
             while self.in_flight and self.in_flight[0][0] <= self.now:
                 _, _, destination, datagram = heapq.heappop(self.in_flight)
-                self.ends[destination].conn.receive(decode(datagram), self.now)
+                conn = self.ends[destination].conn
+                conn.receive_datagram(datagram, self.now)
+                if conn.ack_due:  # as the socket driver does within a receive batch
+                    self._send(destination, [conn.take_ack()])
             for end in self.ends.values():
                 deadline = end.conn.next_deadline
                 if deadline is not None and deadline <= self.now:

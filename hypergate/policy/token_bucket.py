@@ -147,6 +147,22 @@ class Shaper:
             return True
         return self._bucket.try_take(nbytes, trio.current_time())
 
+    def available(self) -> int:
+        """Bytes that may pass now without waiting (0 while the bucket is in debt)."""
+        if self._bucket is None:
+            return 1 << 62
+        return max(0, int(self._bucket.tokens(trio.current_time())))
+
+    def charge(self, nbytes: int) -> float:
+        """Take `nbytes` (pay, then wait); returns the seconds to wait before sending
+        them, 0.0 while the bucket still holds them - the data path sleeps only then,
+        so a shaper that is not limiting costs no scheduling point.
+
+        Raises BandwidthExceeded per the drop rule."""
+        if self._bucket is None:
+            return 0.0
+        return self._bucket.take(nbytes, trio.current_time())
+
     async def wait_for(self, nbytes: int) -> None:
         """Take `nbytes` and sleep until they may be sent (backpressure).
 
@@ -164,4 +180,9 @@ class ChannelShaper:
 
     @classmethod
     def from_limit(cls, limit: BandwidthLimit | None) -> ChannelShaper:
+        if limit is None:
+            return _NO_LIMIT  # stateless: one for every unshaped channel
         return cls(Shaper.from_limit(limit), Shaper.from_limit(limit))
+
+
+_NO_LIMIT = ChannelShaper(Shaper.unlimited(), Shaper.unlimited())

@@ -162,3 +162,40 @@ async def test_sink_takes_data_in_order_and_leaves_the_rest_to_the_reader(nurser
     rest = await read_all(holder["channel"])
     assert b"".join(taken) + rest == b"abcdefghi"
     assert taken == [b"abc"]
+
+
+async def test_splice_passes_a_backlog_in_order_then_half_closes_both_ways(nursery):
+    """A client that does not read while the peer sends: the sink fills the socket, the
+    rest waits for the drain task, and every byte arrives once, in order, before EOF."""
+    from hypergate.roles.forwarding import splice_tcp
+
+    from ..mux_harness import linked_sessions
+
+    client, local = trio.socket.socketpair()
+    for sock in (client, local):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    payload = os.urandom(3_000_000)
+    upload = os.urandom(200_000)
+    received = {}
+
+    async def remote(channel):
+        channel.accept()
+        await channel.send(payload)
+        await channel.send_eof()
+        received["upload"] = await read_all(channel)
+
+    a, _ = await linked_sessions(nursery, on_channel_b=remote)
+    channel = await a.open_channel(REQ)
+    nursery.start_soon(splice_tcp, trio.SocketStream(local), channel)
+    await trio.testing.wait_all_tasks_blocked()  # the socket is full, a backlog waits
+    client_stream = trio.SocketStream(client)
+    got = bytearray()
+    while chunk := await client_stream.receive_some(65536):
+        got += chunk
+    assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+    await client_stream.send_all(upload)
+    await client_stream.send_eof()
+    while "upload" not in received:
+        await trio.testing.wait_all_tasks_blocked()
+    assert received["upload"] == upload

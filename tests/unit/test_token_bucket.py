@@ -192,3 +192,25 @@ async def test_unlimited_shaper_never_waits_but_is_a_checkpoint(autojump_clock):
             await shaper.wait_for(10**9)
     await shaper.wait_for(10**12)
     assert trio.current_time() == 0.0
+
+
+async def test_charge_waits_only_once_the_bucket_is_empty(autojump_clock):
+    """The data path's way: pay per chunk, sleep only for a debt; same long-run rate."""
+    shaper = Shaper.for_rate(1_000_000, 100_000)  # 1 MB/s, 100 kB burst
+    assert shaper.available() == 100_000
+    assert shaper.charge(60_000) == 0.0  # within the burst: no wait at all
+    assert shaper.available() == 40_000
+    assert shaper.charge(60_000) == pytest.approx(0.02)  # 20 kB of debt at 1 MB/s
+    assert shaper.available() == 0
+    with pytest.raises(BandwidthExceeded):
+        shaper.charge(200_000)  # the debt would pass the burst: drop, nothing taken
+    await trio.sleep(0.02)
+    start, sent = trio.current_time(), 0
+    while trio.current_time() - start < 10:
+        delay = shaper.charge(50_000)
+        if delay:
+            await trio.sleep(delay)
+        sent += 50_000
+    assert sent / (trio.current_time() - start) == pytest.approx(1_000_000, rel=0.05)
+    unlimited = Shaper.unlimited()
+    assert unlimited.charge(10**12) == 0.0 and unlimited.available() > 10**12

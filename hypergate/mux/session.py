@@ -184,16 +184,22 @@ class MuxSession:
             raise ChannelReset(ResetReason(ResetCode.GOING_AWAY, f"session {self.name} is closing"))
         channel_id = self._next_id
         self._next_id += 2
+        payload = msgs.encode_open(request)
+        if request.fingerprint:
+            # The fingerprint is for the peer; ours would only sit in memory.
+            request = OpenRequest(gatePort=request.gatePort, protocol=request.protocol)
         channel = Channel(self, channel_id, request, outgoing=True)
         self._channels[channel_id] = channel
-        self._queue_control(encode_frame(FrameType.OPEN, channel_id, payload=msgs.encode_open(request)))
+        self._queue_control(encode_frame(FrameType.OPEN, channel_id, payload=payload))
+        accepted = channel.accepted
         with trio.move_on_after(timeout):
-            await channel.accepted.wait()
+            await accepted.wait()
         if channel.reset_reason is not None:
             raise ChannelReset(channel.reset_reason)
-        if not channel.accepted.is_set():
+        if not accepted.is_set():
             channel.reset(ResetCode.SERVICE_UNREACHABLE, f"no answer within {timeout:g}s")
             raise ChannelReset(ResetReason(ResetCode.SERVICE_UNREACHABLE, "open timed out"))
+        channel.accepted = None  # nobody waits any more (~0.5 KB per open channel)
         return channel
 
     async def _run_incoming(self, channel: Channel) -> None:

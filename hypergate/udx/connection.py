@@ -103,6 +103,7 @@ class UdxConnection:
         self._rwnd_sent = receive_buffer
         self._ack_pending = False
         self._data_since_ack = 0  # DATA/END packets taken since our last ACK went out
+        self._stashed_ack: tuple[int, int, int] | None = None  # newest pure ACK of this batch
         self.messages: deque[bytes] = deque()
         self.messages_dropped = 0
         # -- lifecycle --
@@ -188,6 +189,8 @@ class UdxConnection:
     # ------------------------------------------------------------------ network side
     def receive(self, packet: Packet, now: float) -> None:
         """Process one decoded packet addressed to this stream (UDX-WIRE §5 order)."""
+        if self._stashed_ack is not None:
+            self._apply_stashed_ack(now)
         self._receive_fields(packet.type, packet.rwnd, packet.seq, packet.ack, packet.payload, packet.sacks, now)
 
     def receive_datagram(self, data: bytes, now: float) -> None:
@@ -195,6 +198,15 @@ class UdxConnection:
         checked. The common case, the next in-order DATA packet, takes a short path;
         anything else goes through the full decoder (which raises UdxPacketError)."""
         kind, data_offset, rwnd, seq, ack = _FIELDS.unpack_from(data, 2)
+        if kind == 0 and data_offset == 0 and self.error is None:
+            # A pure ACK that only moves the cumulative ack forward: keep the newest and
+            # process it once per batch (Node sends one per DATA packet).
+            newest = self._stashed_ack[2] if self._stashed_ack is not None else self.snd_una
+            if seq_diff(ack, newest) > 0 and seq_diff(ack, self.snd_nxt) <= 0:
+                self._stashed_ack = (rwnd, seq, ack)
+                return
+        if self._stashed_ack is not None:
+            self._apply_stashed_ack(now)
         if (
             kind == wire.DATA
             and data_offset == 0
@@ -222,6 +234,11 @@ class UdxConnection:
         else:
             payload = memoryview(data)[20:] if kind & (wire.DATA | wire.END | wire.MESSAGE) else b""
             self._receive_fields(kind, rwnd, seq, ack, payload, (), now)
+
+    def _apply_stashed_ack(self, now: float) -> None:
+        rwnd, seq, ack = self._stashed_ack
+        self._stashed_ack = None
+        self._receive_fields(0, rwnd, seq, ack, b"", (), now)
 
     def _receive_fields(self, kind: int, rwnd: int, seq: int, ack: int, payload, sacks, now: float) -> None:
         if self.error is not None:
@@ -425,6 +442,8 @@ class UdxConnection:
     def poll_transmit(self, now: float) -> list[bytes]:
         """Datagrams to send now: a pending ACK first, then retransmissions, then new data
         within cwnd and the peer's rwnd."""
+        if self._stashed_ack is not None:
+            self._apply_stashed_ack(now)
         out: list[bytes] = []
         if self.error is not None:
             return out
@@ -556,6 +575,8 @@ class UdxConnection:
         return min(deadlines) if deadlines else None
 
     def handle_timeout(self, now: float) -> None:
+        if self._stashed_ack is not None:
+            self._apply_stashed_ack(now)
         if self.error is not None:
             return
         if self._probe_deadline is not None and now >= self._probe_deadline:

@@ -20,25 +20,11 @@ from hypergate import limits
 from hypergate.udx import packet as wire
 from hypergate.udx.congestion import NewReno, RttEstimator
 from hypergate.udx.packet import Packet, encode_header, seq_diff
+from hypergate.udx.scoreboard import Scoreboard, SentPacket
 
 _U32 = 0xFFFFFFFF
 # type, data_offset, (id skipped), rwnd, seq, ack: the header from byte 2 on
 _FIELDS = struct.Struct("<BB4xIII")
-
-
-class _Sent:
-    """A DATA/END packet awaiting its cumulative ack."""
-
-    __slots__ = ("seq", "payload", "end", "sent_at", "retransmitted", "sacked", "lost")
-
-    def __init__(self, seq: int, payload: bytes, end: bool, sent_at: float) -> None:
-        self.seq = seq
-        self.payload = payload
-        self.end = end
-        self.sent_at = sent_at
-        self.retransmitted = False
-        self.sacked = False
-        self.lost = False
 
 
 class UdxConnection:
@@ -69,13 +55,8 @@ class UdxConnection:
         self.snd_una = 0
         self.snd_nxt = 0
         self._unsent = bytearray()
-        self._inflight: dict[int, _Sent] = {}  # insertion order is seq order
-        self._inflight_bytes = 0
-        self._lost: deque[int] = deque()  # seqs to retransmit (stale entries skipped)
-        self._n_sacked = 0
-        self._n_lost = 0
+        self.sent = Scoreboard()  # packets awaiting their cumulative ack
         self._dupacks = 0
-        self._rack_sent_at = float("-inf")  # send time of the latest packet known delivered
         self.peer_rwnd = limits.UDX_RECEIVE_BUFFER  # Node's advertisement until told otherwise
         self._wl1 = 0
         self._wl2 = 0
@@ -115,7 +96,7 @@ class UdxConnection:
     # ------------------------------------------------------------------ application side
     @property
     def send_space(self) -> int:
-        return max(0, self.send_buffer - len(self._unsent) - self._inflight_bytes)
+        return max(0, self.send_buffer - len(self._unsent) - self.sent.bytes)
 
     @property
     def readable_bytes(self) -> int:
@@ -268,19 +249,28 @@ class UdxConnection:
         if advance >= 0 and (seq_diff(seq, self._wl1) > 0 or (seq == self._wl1 and seq_diff(ack, self._wl2) >= 0)):
             self.peer_rwnd = rwnd
             self._wl1, self._wl2 = seq, ack
-        newly_sacked = self._apply_sacks(sacks, ack if advance > 0 else self.snd_una, now) if sacks else False
+        min_rtt = self.rtt.min_rtt or 0.0
+        newly_sacked = (
+            self.sent.apply_sacks(sacks, ack if advance > 0 else self.snd_una, self.snd_nxt, now, min_rtt)
+            if sacks
+            else False
+        )
         if advance > 0:
             self._cumulative_ack(ack, advance, now)
-        elif advance == 0 and self._inflight and not window_changed and not kind & (wire.DATA | wire.END | wire.MESSAGE):
+        elif advance == 0 and self.sent and not window_changed and not kind & (wire.DATA | wire.END | wire.MESSAGE):
             # RFC 5681: a duplicate ack carries no data and does not change the window.
             self._dupacks += 1
         if newly_sacked or advance > 0:
             self._tlp_deadline = None
             self._tlp_armed = True
+        lost = False
         if newly_sacked or self._dupacks >= limits.UDX_DUP_THRESHOLD:
-            self._detect_losses()
-        if (newly_sacked or advance > 0) and self._inflight:
-            self._detect_losses_by_time()
+            lost = self.sent.detect_by_sack_count(oldest_too=self._dupacks >= limits.UDX_DUP_THRESHOLD)
+            self._dupacks = 0 if self._dupacks >= limits.UDX_DUP_THRESHOLD else self._dupacks
+        if (newly_sacked or advance > 0) and self.sent:
+            lost = self.sent.detect_by_time(min_rtt) or lost
+        if lost:
+            self._on_losses()
         self._check_done(now)
 
     def _receive_data(self, seq: int, payload: memoryview | bytes, is_end: bool) -> None:
@@ -322,55 +312,10 @@ class UdxConnection:
             self._ooo.clear()
             self._ooo_bytes = 0
 
-    def _rack_update(self, sent: _Sent, now: float) -> None:
-        # A retransmitted packet counts only if this is surely not the original's
-        # delivery (RFC 8985 6.2: the RTT since the retransmission is at least min_rtt).
-        if sent.retransmitted and now - sent.sent_at < (self.rtt.min_rtt or 0.0):
-            return
-        if sent.sent_at > self._rack_sent_at:
-            self._rack_sent_at = sent.sent_at
-
-    def _apply_sacks(self, sacks, una: int, now: float) -> bool:
-        newly = False
-        for start, end in sacks:
-            if not (seq_diff(start, una) >= 0 and seq_diff(end, start) > 0 and seq_diff(self.snd_nxt, end) >= 0):
-                continue  # outside [snd.una, snd.nxt]: ignored, as Node does
-            seq = start
-            while seq != end:
-                sent = self._inflight.get(seq)
-                if sent is not None and not sent.sacked:
-                    sent.sacked = True
-                    self._n_sacked += 1
-                    newly = True
-                    self._rack_update(sent, now)
-                    if sent.lost:
-                        sent.lost = False
-                        self._n_lost -= 1
-                seq = (seq + 1) & _U32
-        return newly
-
     def _cumulative_ack(self, ack: int, advance: int, now: float) -> None:
-        inflight = self._inflight
-        sample_from: _Sent | None = None
-        acked = 0
-        seq = self.snd_una
-        for _ in range(advance):
-            sent = inflight.pop(seq, None)
-            seq = (seq + 1) & _U32
-            if sent is None:
-                continue
-            acked += 1
-            self._inflight_bytes -= len(sent.payload)
-            if sent.sacked:
-                self._n_sacked -= 1
-            else:
-                self._rack_update(sent, now)
-                if not sent.retransmitted:
-                    sample_from = sent  # Karn: never sample a retransmitted packet
-            if sent.lost:
-                self._n_lost -= 1
-            if sent.end:
-                self.end_acked = True
+        acked, sample_from, end_acked = self.sent.pop_acked(self.snd_una, advance, now, self.rtt.min_rtt or 0.0)
+        if end_acked:
+            self.end_acked = True
         self.snd_una = ack
         if sample_from is not None:
             self.rtt.sample(now - sample_from.sent_at)
@@ -381,62 +326,15 @@ class UdxConnection:
         self._dupacks = 0
         self._rto_expiries = 0
         self.rtt.reset_backoff()
-        self._stalled_since = now if inflight else None
-        self._rto_deadline = now + self.rtt.rto if inflight else None
+        self._stalled_since = now if self.sent else None
+        self._rto_deadline = now + self.rtt.rto if self.sent else None
 
-    def _detect_losses(self) -> None:
-        """RFC 6675 DupThresh: an unSACKed packet with 3 SACKed packets above it is lost;
-        3 duplicate acks mark the oldest one lost. Each loss is retransmitted once this
-        way; a lost retransmission waits for the RTO."""
-        threshold = limits.UDX_DUP_THRESHOLD
-        sacked_above = self._n_sacked
-        newly_lost = False
-        first = True
-        for sent in self._inflight.values():
-            if sacked_above < threshold and not (first and self._dupacks >= threshold):
-                break
-            if sent.sacked:
-                sacked_above -= 1
-            elif not sent.lost and not sent.retransmitted:
-                sent.lost = True
-                self._n_lost += 1
-                self._lost.append(sent.seq)
-                newly_lost = True
-            first = False
-        if newly_lost:
-            self.stats["fast_retransmits"] += 1
-            if self.cc.recovery_end is None:
-                self.cc.on_loss(self._pipe())
-                self.cc.recovery_end = self.snd_nxt
-                self._send_credit = 1  # RFC 5681: the first loss is resent at once
-        self._dupacks = 0 if self._dupacks >= threshold else self._dupacks
-
-    def _detect_losses_by_time(self) -> None:
-        """RACK (RFC 8985) without its timer: a packet sent a reorder window before one
-        that was since delivered is lost. This is what finds a lost retransmission
-        without waiting for the RTO."""
-        reorder_window = max((self.rtt.min_rtt or 0.0) / 4, limits.UDX_MIN_REORDER_WINDOW_S)
-        horizon = self._rack_sent_at - reorder_window
-        newly_lost = False
-        for sent in self._inflight.values():
-            if sent.sent_at >= horizon:
-                if not sent.retransmitted:
-                    break  # originals are in send order: none further can qualify
-                continue
-            if not sent.sacked and not sent.lost:
-                sent.lost = True
-                self._n_lost += 1
-                self._lost.append(sent.seq)
-                newly_lost = True
-        if newly_lost:
-            self.stats["fast_retransmits"] += 1
-            if self.cc.recovery_end is None:
-                self.cc.on_loss(self._pipe())
-                self.cc.recovery_end = self.snd_nxt
-                self._send_credit = 1  # RFC 5681: the first loss is resent at once
-
-    def _pipe(self) -> int:
-        return len(self._inflight) - self._n_sacked - self._n_lost
+    def _on_losses(self) -> None:
+        self.stats["fast_retransmits"] += 1
+        if self.cc.recovery_end is None:  # one window reduction per loss episode
+            self.cc.on_loss(self.sent.pipe)
+            self.cc.recovery_end = self.snd_nxt
+            self._send_credit = 1  # RFC 5681: the first loss is resent at once
 
     # ------------------------------------------------------------------ output and timers
     def poll_transmit(self, now: float) -> list[bytes]:
@@ -452,47 +350,47 @@ class UdxConnection:
             self._control.clear()
         if self._ack_pending:
             out.append(self._encode_ack())
-        room = int(self.cc.cwnd) - self._pipe()
+        scoreboard = self.sent
+        room = int(self.cc.cwnd) - scoreboard.pipe
         if self._tlp_pending:
+            # Tail loss probe: new data if there is some the window lets us send, else
+            # the newest packet again; its ACK (with SACK) reveals what else is missing.
             self._tlp_pending = False
-            if not (self._unsent or self._end_requested and self._end_seq is None) or self.peer_rwnd <= self._inflight_bytes:
-                self._probe_with_last_packet()
+            if not self._has_new_data() or self.peer_rwnd <= scoreboard.bytes:
+                scoreboard.mark_newest_for_probe()
             self._send_credit = max(self._send_credit, 1)
         if self._send_credit and room < 1:
             room = 1
         self._send_credit = 0
-        while room > 0 and self._lost:
-            sent = self._inflight.get(self._lost.popleft())
-            if sent is None or not sent.lost:
-                continue
-            sent.lost = False
-            self._n_lost -= 1
+        while room > 0 and scoreboard.has_lost():
+            sent = scoreboard.next_lost()
+            if sent is None:
+                break
             sent.retransmitted = True
             sent.sent_at = now
             out.append(self._encode_sent(sent))
             self.stats["retransmits"] += 1
             room -= 1
         blocked_by_rwnd = False
-        while room > 0 and (self._unsent or (self._end_requested and self._end_seq is None)):
-            window = self.peer_rwnd - self._inflight_bytes
+        while room > 0 and self._has_new_data():
+            window = self.peer_rwnd - scoreboard.bytes
             size = min(self.max_payload, len(self._unsent))
             if size > window:
-                if window <= 0 or window < min(size, self.max_payload // 4) and self._inflight:
+                if window <= 0 or window < min(size, self.max_payload // 4) and scoreboard:
                     blocked_by_rwnd = True  # wait for a window worth using (no silly window)
                     break
                 size = window
             payload = bytes(self._unsent[:size])
             del self._unsent[:size]
             is_end = self._end_requested and not self._unsent
-            sent = _Sent(self.snd_nxt, payload, is_end, now)
-            self._inflight[sent.seq] = sent
-            self._inflight_bytes += size
+            sent = SentPacket(self.snd_nxt, payload, is_end, now)
+            scoreboard.add(sent)
             if is_end:
                 self._end_seq = sent.seq
             self.snd_nxt = (self.snd_nxt + 1) & _U32
             out.append(self._encode_sent(sent))
             room -= 1
-        if self._inflight:
+        if scoreboard:
             if self._rto_deadline is None:
                 self._rto_deadline = now + self.rtt.rto
                 self._stalled_since = now
@@ -506,18 +404,10 @@ class UdxConnection:
             self._probe_deadline = None
         return out
 
-    def _probe_with_last_packet(self) -> None:
-        """TLP without new data: resend the newest unSACKed packet, so its ACK (with
-        SACK blocks) tells us what else is missing."""
-        for sent in reversed(self._inflight.values()):
-            if not sent.sacked:
-                if not sent.lost:
-                    sent.lost = True
-                    self._n_lost += 1
-                    self._lost.appendleft(sent.seq)
-                return
+    def _has_new_data(self) -> bool:
+        return bool(self._unsent) or (self._end_requested and self._end_seq is None)
 
-    def _encode_sent(self, sent: _Sent) -> bytes:
+    def _encode_sent(self, sent: SentPacket) -> bytes:
         kind = (wire.DATA if sent.payload else 0) | (wire.END if sent.end else 0)
         rwnd = self.rwnd
         self._rwnd_sent = rwnd
@@ -563,9 +453,7 @@ class UdxConnection:
     @property
     def wants_transmit(self) -> bool:
         """Something is waiting that poll_transmit would send (if windows allow)."""
-        return bool(self._ack_pending or self._control or self._lost or self._unsent) or (
-            self._end_requested and self._end_seq is None
-        )
+        return bool(self._ack_pending or self._control or self.sent.has_lost()) or self._has_new_data()
 
     @property
     def next_deadline(self) -> float | None:
@@ -585,13 +473,13 @@ class UdxConnection:
             self._probe_deadline = now + self.rtt.rto
         if self._tlp_deadline is not None and now >= self._tlp_deadline:
             self._tlp_deadline = None
-            if self._inflight and (self._rto_deadline is None or now < self._rto_deadline):
+            if self.sent and (self._rto_deadline is None or now < self._rto_deadline):
                 self._tlp_armed = False
                 self._tlp_pending = True
                 self.stats["tail_loss_probes"] += 1
         if self._rto_deadline is None or now < self._rto_deadline:
             return
-        if not self._inflight:
+        if not self.sent:
             self._rto_deadline = None
             return
         self._rto_expiries += 1
@@ -603,17 +491,10 @@ class UdxConnection:
                 f"{self._rto_expiries} retransmission timeouts over {waited:.1f} s"
             )
             return
-        self.cc.on_timeout(self._pipe(), ever_acked=self.rtt.srtt is not None)
+        self.cc.on_timeout(self.sent.pipe, ever_acked=self.rtt.srtt is not None)
         self.cc.recovery_end = None
         self.rtt.back_off()
-        # Everything not SACKed is presumed lost and resent oldest first, as cwnd allows.
-        self._lost.clear()
-        self._n_lost = 0
-        for sent in self._inflight.values():
-            sent.lost = not sent.sacked
-            if sent.lost:
-                self._n_lost += 1
-                self._lost.append(sent.seq)
+        self.sent.mark_all_lost()  # resent oldest first, as cwnd allows
         self._dupacks = 0
         self._rto_deadline = now + self.rtt.rto
 
@@ -629,11 +510,8 @@ class UdxConnection:
     def _fail(self, reason: str) -> None:
         if self.error is None:
             self.error = reason
-        self._inflight.clear()
-        self._inflight_bytes = 0
+        self.sent.clear()
         self._unsent.clear()
-        self._lost.clear()
-        self._n_sacked = self._n_lost = 0
         self._rto_deadline = self._probe_deadline = self._tlp_deadline = None
         self._tlp_pending = False
         self._ack_pending = False

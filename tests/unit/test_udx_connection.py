@@ -206,7 +206,7 @@ def test_window_is_respected_and_reading_reopens_it():
     worst = {"inflight": 0, "buffered": 0}
 
     def check(net):
-        worst["inflight"] = max(worst["inflight"], a.conn._inflight_bytes)
+        worst["inflight"] = max(worst["inflight"], a.conn.sent.bytes)
         worst["buffered"] = max(worst["buffered"], b.conn.readable_bytes + b.conn._ooo_bytes)
 
     net.on_step = check

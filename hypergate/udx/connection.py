@@ -1,14 +1,21 @@
 """One UDX stream's protocol state, sans-IO (UDX-WIRE.md §3-§12).
 
-Feed it decoded packets with `receive(packet, now)`, application bytes with `write`,
-timer ticks with `handle_timeout(now)`; take datagrams from `poll_transmit(now)` and
-read bytes with `read`. No I/O, no clock of its own, no trio.
+Feed it datagrams with `receive_datagram(data, now)` (or decoded packets with
+`receive`), application bytes with `write`, timer ticks with `handle_timeout(now)`;
+take datagrams from `poll_transmit(now)` (and `take_ack()` when `ack_due`) and read
+bytes with `read`. No I/O, no clock of its own, no trio.
 
-Sequence numbers count packets, modulo 2^32. Reliability: a send buffer keyed by seq,
-cumulative acks, SACK scoreboard (RFC 6675-style loss detection: a hole with 3 packets
-SACKed above it, or 3 duplicate acks, is retransmitted at once), RTO per RFC 6298 with
-Karn's rule. Congestion control: NewReno in packets. Flow control: never more payload
-bytes in flight than the peer's rwnd.
+Sequence numbers count packets, modulo 2^32. Reliability: the scoreboard (scoreboard.py)
+holds what was sent, keyed by seq; cumulative acks and SACK blocks clear it; losses are
+found by SACK count (RFC 6675), by time (RACK, RFC 8985) and by a tail loss probe, and
+as a last resort by the RTO (RFC 6298, Karn's rule). Congestion control: NewReno in
+packets. Flow control: never more payload bytes in flight than the peer's rwnd; ours is
+the receive buffer minus what is buffered, reopened by reading.
+
+ACK policy: every DATA/END is acknowledged (duplicates too), but the ACKs of one receive
+batch are merged: one after every UDX_ACK_EVERY packets and one when the batch ends,
+all within the same wakeup, so the peer sees no delay. Pure ACKs from the peer are
+merged likewise (the newest of a batch is processed).
 """
 
 from __future__ import annotations

@@ -8,11 +8,13 @@ import heapq
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hypergate import limits
 from hypergate.udx import packet as wire
 from hypergate.udx.connection import UdxConnection
-from hypergate.udx.packet import decode, encode_header
+from hypergate.udx.packet import UdxPacketError, decode, encode_header
 
 PAYLOAD = limits.UDX_MAX_PAYLOAD
 
@@ -299,3 +301,52 @@ def test_packets_never_exceed_the_payload_limit():
     net = Network(a, b)
     net.run(lambda: b.conn.eof_received)
     assert max(len(p.payload) for p in net.sent["a"]) == PAYLOAD
+
+
+def test_lost_tail_is_repaired_by_a_probe_before_the_rto():
+    data = random.Random(6).randbytes(40 * PAYLOAD)
+    a, b = pair(data, b"")
+    net = Network(a, b, delay=0.01)
+    dropped = []
+
+    def drop_the_end_once(source, packet, index):
+        if source == "a" and packet.type & wire.END and not dropped:
+            dropped.append(packet.seq)
+            return True
+        return False
+
+    # By the time END goes out, RTT samples exist, so the probe timer (2 x SRTT) is armed.
+    net.filter = drop_the_end_once
+    net.run(lambda: b.conn.eof_received and a.conn.end_acked)
+    assert dropped and sha(b.received) == sha(data)
+    assert a.conn.stats["tail_loss_probes"] == 1
+    assert a.conn.stats["rto_expiries"] == 0
+
+
+def test_ack_every_few_packets_within_a_batch():
+    a, b = pair(b"", b"", a_end=False, b_end=False)
+    a.conn.write(bytes(10 * PAYLOAD))
+    flight = a.conn.poll_transmit(0.0)
+    assert len(flight) == limits.UDX_INITIAL_CWND
+    acks = []
+    for datagram in flight:
+        b.conn.receive_datagram(datagram, 0.01)
+        if b.conn.ack_due:
+            acks.append(decode(b.conn.take_ack()))
+    acks += [decode(d) for d in b.conn.poll_transmit(0.01)]
+    every = limits.UDX_ACK_EVERY
+    expected = [every * (i + 1) for i in range(10 // every)] + ([10] if 10 % every else [])
+    assert [p.ack for p in acks] == expected
+    assert all(p.type == 0 and p.seq == b.conn.snd_nxt for p in acks)
+
+
+@given(st.binary(min_size=0, max_size=64), st.integers(0, 255), st.integers(0, 255))
+def test_garbage_after_a_valid_header_never_raises_anything_but_packet_errors(tail, kind, offset):
+    a, b = pair(b"", b"", a_end=False, b_end=False)
+    datagram = bytes([0xFF, 0x01, kind, offset]) + (2).to_bytes(4, "little") + tail[:12].ljust(12, b"\0") + tail[12:]
+    try:
+        b.conn.receive_datagram(datagram, 0.0)
+    except UdxPacketError:
+        return
+    b.conn.poll_transmit(0.0)
+    b.conn.handle_timeout(10.0)

@@ -58,6 +58,11 @@ ROUTE_EXPIRY_S = 120.0
 # next provider; the whole open gives up after OPEN_TOTAL_TIMEOUT_S.
 OPEN_TIMEOUT_S = 15.0
 OPEN_TOTAL_TIMEOUT_S = 60.0
+# The client's first bytes, read while the OPEN is in flight, travel right behind it
+# instead of after the ACCEPT (one round trip less per connection). Kept until the
+# provider accepts, to resend to the next one if it refuses; far below the channel's
+# initial window (INITIAL_CHANNEL_WINDOW), so sending them never waits for credit.
+EARLY_DATA_MAX = 16 * 1024
 SERVICE_CONNECT_TIMEOUT_S = 10.0
 # Bytes read from a local socket at once: one data frame's worth.
 SOCKET_READ_SIZE = MAX_FRAME_PAYLOAD
@@ -272,6 +277,9 @@ UDX_RECV_BUFFER = 2048
 # SO_RCVBUF / SO_SNDBUF asked for (the kernel caps it at net.core.rmem_max / wmem_max):
 # a window of bulk packets arrives in bursts faster than one Python reader drains them.
 UDX_SOCKET_BUFFER = 4 * 1024 * 1024
+# Equal-sized datagrams handed to the kernel in one sendmsg with UDP GSO: the kernel's
+# limit is 64 segments and 64 KiB in all, so 55 packets of 1172 bytes at most.
+UDX_GSO_SEGMENTS = 55
 # Datagrams read per wakeup before yielding, so one busy socket cannot starve the loop.
 UDX_RECV_BATCH = 256
 # Bytes the application may queue ahead of the peer's acks before send_all waits.

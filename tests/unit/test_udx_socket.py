@@ -290,3 +290,13 @@ async def test_cancelling_run_ends_every_stream():
         with pytest.raises(trio.ClosedResourceError):
             udx_a.open_stream(1, 2, udx_b.local_address)
         nursery.cancel_scope.cancel()
+
+
+async def test_without_gso_one_datagram_per_call_delivers_the_same():
+    data = os.urandom(2 << 20)
+    async with udx_pair() as (udx_a, udx_b):
+        udx_a._gso = False  # as on a kernel that refuses UDP_SEGMENT
+        client, server = connect(udx_a, udx_b)
+        with trio.fail_after(30):
+            await exchange(client, server, data, b"")
+        assert udx_a.stats["datagrams_out"] >= len(data) // 1152

@@ -229,6 +229,10 @@ class UdxSocket:
             if stream._finished(now):
                 if self._streams.get(stream.local_id) is stream:
                     del self._streams[stream.local_id]
+                    if conn.error is None and conn.done_at is None:
+                        # Closed by us long ago and the peer still has not ended: reset
+                        # it rather than leave it retransmitting into silence.
+                        stream._destroy()
             else:
                 self._reschedule(stream._deadline())
 

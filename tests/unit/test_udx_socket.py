@@ -300,3 +300,22 @@ async def test_without_gso_one_datagram_per_call_delivers_the_same():
         with trio.fail_after(30):
             await exchange(client, server, data, b"")
         assert udx_a.stats["datagrams_out"] >= len(data) // 1152
+
+
+async def test_closed_stream_answers_for_a_while_then_resets_a_peer_that_never_ends(autojump_clock):
+    async with udx_pair() as (udx_a, udx_b):
+        client, server = connect(udx_a, udx_b)
+        await client.send_all(b"hello")
+        assert await server.receive_some() == b"hello"
+        await client.aclose()  # END, acked at once: aclose returns
+        assert await server.receive_some() == b""
+        # The server keeps sending into the closed stream: acked and discarded...
+        await server.send_all(b"nobody reads this")
+        await trio.sleep(5)
+        await server.send_all(b"still acked")
+        # ...until the closed side gives up on it and resets it.
+        with trio.fail_after(120):
+            with pytest.raises(trio.BrokenResourceError, match=r"peer reset the stream \(DESTROY\)"):
+                while True:
+                    await server.send_all(b"x")
+                    await trio.sleep(1)

@@ -319,3 +319,39 @@ async def test_closed_stream_answers_for_a_while_then_resets_a_peer_that_never_e
                 while True:
                     await server.send_all(b"x")
                     await trio.sleep(1)
+
+
+async def test_secure_link_runs_over_a_udx_stream():
+    from hypergate.crypto.keys import LinkIdentity
+    from hypergate.crypto.records import MAX_PLAINTEXT
+    from hypergate.crypto.secure_link import establish_link
+
+    from ..mux_harness import KEYS
+
+    records = [os.urandom(n) for n in (1, 100, 70_000, MAX_PLAINTEXT, 5)]
+    async with udx_pair() as (udx_a, udx_b):
+        client, server = connect(udx_a, udx_b)
+        links = {}
+
+        async def side(name, stream, initiator):
+            links[name] = await establish_link(
+                stream, initiator=initiator, identity=LinkIdentity.generate(), router=KEYS
+            )
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(side, "a", client, True)
+                nursery.start_soon(side, "b", server, False)
+            received = []
+
+            async def receive():
+                while len(received) < len(records):
+                    received.extend(await links["b"].receive_records())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receive)
+                for record in records:
+                    await links["a"].send_record(record)
+            assert received == records
+            await links["a"].aclose()
+            assert await links["b"].receive_records() == []

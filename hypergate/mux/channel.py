@@ -125,6 +125,24 @@ class Channel:
         self.remote_fin = True
         self._wake()
 
+    def flush_to_sink(self) -> None:
+        """Offer data that arrived before the sink was set (it may come right behind the
+        OPEN) to the sink, in order; what it does not take stays for `receive`."""
+        sink = self.sink
+        inbox = self._inbox
+        while inbox and sink is not None:
+            data = inbox[0]
+            taken = sink(data)
+            if not taken:
+                return
+            self.session._on_consumed(self, taken)
+            if taken < len(data):
+                inbox[0] = memoryview(data)[taken:]
+                return
+            inbox.popleft()
+        if not inbox:
+            self._inbox = ()
+
     @property
     def has_pending(self) -> bool:
         """receive() would return at once: data waits, or the peer's FIN, or a reset."""

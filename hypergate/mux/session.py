@@ -180,6 +180,14 @@ class MuxSession:
         self, request: OpenRequest, timeout: float = limits.OPEN_TIMEOUT_S
     ) -> Channel:
         """Open a channel and wait for the peer to accept it. Raises ChannelReset."""
+        channel = self.start_open(request)
+        await self.wait_accepted(channel, timeout)
+        return channel
+
+    def start_open(self, request: OpenRequest) -> Channel:
+        """Send OPEN and return the channel at once, before the peer accepted it: data
+        may follow right behind (within the initial window) while the peer connects;
+        `wait_accepted` tells whether it did. Raises ChannelReset."""
         if not self.usable:
             raise ChannelReset(ResetReason(ResetCode.GOING_AWAY, f"session {self.name} is closing"))
         channel_id = self._next_id
@@ -191,16 +199,24 @@ class MuxSession:
         channel = Channel(self, channel_id, request, outgoing=True)
         self._channels[channel_id] = channel
         self._queue_control(encode_frame(FrameType.OPEN, channel_id, payload=payload))
+        return channel
+
+    async def wait_accepted(self, channel: Channel, timeout: float = limits.OPEN_TIMEOUT_S) -> None:
+        """Wait until the peer accepted `channel` (from `start_open`). Raises
+        ChannelReset when it refused, or did not answer within `timeout` (then the
+        channel is reset)."""
         accepted = channel.accepted
-        with trio.move_on_after(timeout):
-            await accepted.wait()
+        if accepted is None:  # already confirmed
+            return
+        if not accepted.is_set():
+            with trio.move_on_after(timeout):
+                await accepted.wait()
         if channel.reset_reason is not None:
             raise ChannelReset(channel.reset_reason)
         if not accepted.is_set():
             channel.reset(ResetCode.SERVICE_UNREACHABLE, f"no answer within {timeout:g}s")
             raise ChannelReset(ResetReason(ResetCode.SERVICE_UNREACHABLE, "open timed out"))
         channel.accepted = None  # nobody waits any more (~0.5 KB per open channel)
-        return channel
 
     async def _run_incoming(self, channel: Channel) -> None:
         try:
@@ -438,6 +454,8 @@ class MuxSession:
             channel = self._channels.get(frame.channel)
             if channel is not None and channel.accepted is not None:
                 channel.accepted.set()
+                if channel.waker is not None:
+                    channel.waker()
         elif ftype is FrameType.RESET:
             channel = self._channels.get(frame.channel)
             if channel is not None:

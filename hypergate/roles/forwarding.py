@@ -163,6 +163,7 @@ async def splice_tcp(
             try:
                 channel.sink = sink
                 channel.waker = wake
+                channel.flush_to_sink()  # data that came right behind the OPEN
                 if channel.has_pending:
                     wake()
                 await socket_to_channel()

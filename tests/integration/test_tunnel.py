@@ -171,6 +171,27 @@ async def test_unreachable_service_falls_through_to_the_next_provider(cluster, n
     assert gateway.find("event=open_failed reason=.service_unreachable")
 
 
+async def test_client_first_bytes_reach_the_next_provider_when_one_refuses(cluster, nursery):
+    """The client's first bytes go out right behind the OPEN, before the provider
+    accepts: when that provider cannot reach its service, the next one gets them all."""
+    echo_port = await nursery.start(tcp_echo_server)
+    gate, secret = free_port(), new_secret()
+    peer_a, peer_b = free_port(), free_port()
+    await cluster.provider(secret, services((gate, "127.0.0.1", free_port(), "tcp")), peer_a)
+    await cluster.provider(secret, services((gate, "127.0.0.1", echo_port, "tcp")), peer_b)
+    gateway = await cluster.gateway(secret, peer_a, peer_b)
+    await gateway.wait_for("event=routes_updated", count=2)
+    await gateway.wait_for(gate_open(gate))
+    for i in range(4):  # round robin: some of these start at the refusing provider
+        request = f"request {i} ".encode() * 1000
+        stream = await trio.open_tcp_stream("127.0.0.1", gate)
+        async with stream:
+            await stream.send_all(request)
+            await stream.send_eof()
+            assert await read_all(stream) == request
+    assert gateway.find("event=open_failed reason=.service_unreachable")
+
+
 async def test_client_is_reset_when_no_provider_can_serve(cluster):
     gate, secret, peer = free_port(), new_secret(), free_port()
     await cluster.provider(secret, services((gate, "127.0.0.1", free_port(), "tcp")), peer)

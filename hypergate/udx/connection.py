@@ -355,7 +355,8 @@ class UdxConnection:
         if self._control:
             out.extend(self._control)
             self._control.clear()
-        if self._ack_pending:
+        ack_at = len(out) if self._ack_pending else None
+        if ack_at is not None:
             out.append(self._encode_ack())
         scoreboard = self.sent
         room = int(self.cc.cwnd) - scoreboard.pipe
@@ -397,6 +398,8 @@ class UdxConnection:
             self.snd_nxt = (self.snd_nxt + 1) & _U32
             out.append(self._encode_sent(sent))
             room -= 1
+        if ack_at is not None and len(out) > ack_at + 1 and not self._ooo:
+            del out[ack_at]  # the DATA we send carries the same cumulative ack (no SACK needed)
         if scoreboard:
             if self._rto_deadline is None:
                 self._rto_deadline = now + self.rtt.rto

@@ -5,9 +5,11 @@
 
 For each case a fresh lab is built (network namespaces, nftables NATs, a three-node DHT on
 the lab's internet), a provider and a gateway are started behind the NATs, and the table
-shows the path the link took (direct / punched / relayed), the time from start to the
-gate opening and to the first HTTP response through it, and whether a SHA-256-checked
-8 MiB transfer arrived intact. The same scenario code runs in tests/netlab.
+shows the path the link took (direct / punched-udp / punched-tcp / relayed), the time
+from start to the gate opening and to the first HTTP response through it, and whether a
+SHA-256-checked 8 MiB transfer (echoed: both directions at once) arrived intact, with its
+rate. Cases run with the default hole punching (udp,tcp) and some with --holepunch forced
+to one kind. The same scenario code runs in tests/netlab.
 """
 
 from __future__ import annotations
@@ -22,22 +24,31 @@ from hypergate.netlab import Lab, missing_requirements
 from tests.netlab.test_hypergate_nat import run_case
 from tests.procs import Cluster
 
+CASE_PUBLIC = {"home": ("consistent", ["provider"]), "dc": ("none", ["gateway"])}
+CASE_CONSISTENT = {"home": ("consistent", ["provider"]), "office": ("consistent", ["gateway"])}
+CASE_MIXED = {"home": ("consistent", ["provider"]), "office": ("random", ["gateway"])}
+CASE_RANDOM = {"home": ("random", ["provider"]), "office": ("random", ["gateway"])}
+CASE_SAME_NAT = {"office": ("consistent", ["provider", "gateway"])}
+# name: (lab spec, --holepunch or None for the default)
 CASES = {
-    "provider behind consistent NAT, gateway public": ({"home": ("consistent", ["provider"]), "dc": ("none", ["gateway"])}),
-    "both behind different consistent NATs": ({"home": ("consistent", ["provider"]), "office": ("consistent", ["gateway"])}),
-    "consistent + random": ({"home": ("consistent", ["provider"]), "office": ("random", ["gateway"])}),
-    "both random": ({"home": ("random", ["provider"]), "office": ("random", ["gateway"])}),
-    "both behind the same NAT": ({"office": ("consistent", ["provider", "gateway"])}),
+    "provider behind consistent NAT, gateway public": (CASE_PUBLIC, None),
+    "both behind different consistent NATs": (CASE_CONSISTENT, None),
+    "both consistent, --holepunch udp": (CASE_CONSISTENT, "udp"),
+    "both consistent, --holepunch tcp": (CASE_CONSISTENT, "tcp"),
+    "consistent + random": (CASE_MIXED, None),
+    "consistent + random, --holepunch none": (CASE_MIXED, "none"),
+    "both random": (CASE_RANDOM, None),
+    "both behind the same NAT": (CASE_SAME_NAT, None),
 }
 
 
-async def run_one(spec) -> dict:
+async def run_one(spec, holepunch) -> dict:
     lab = Lab(spec)
     try:
         async with trio.open_nursery() as nursery:
             cluster = Cluster(nursery)
             try:
-                _, _, result = await run_case(lab, cluster, "provider", "gateway")
+                _, _, result = await run_case(lab, cluster, "provider", "gateway", holepunch=holepunch)
                 outcome = {"ok": True, **result}
             except (AssertionError, trio.TooSlowError) as exc:
                 outcome = {"ok": False, "error": str(exc).splitlines()[0][:120]}
@@ -63,14 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for index in (int(i) for i in args.cases.split(",")):
         name = names[index]
-        result = trio.run(run_one, CASES[name])
+        result = trio.run(run_one, *CASES[name])
         rows.append({"case": name, **result})
-    print(f"{'case':<48} {'path':<20} {'gate open s':>11} {'first byte s':>12} {'8 MiB sha256':>12}")
+    print(f"{'case':<48} {'path':<20} {'gate open s':>11} {'first byte s':>12} {'8 MiB sha256':>12} {'MiB/s':>7}")
     for row in rows:
         if row["ok"]:
-            print(f"{row['case']:<48} {row['path']:<20} {row['connected_after']:>11.2f} {row['first_byte_after']:>12.2f} {'intact':>12}")
+            print(f"{row['case']:<48} {row['path']:<20} {row['connected_after']:>11.2f} {row['first_byte_after']:>12.2f}"
+                  f" {'intact':>12} {row['bulk_mib_s']:>7.1f}")
         else:
-            print(f"{row['case']:<48} {'no path':<20} {'-':>11} {'-':>12} {'-':>12}   ({row['error']})")
+            print(f"{row['case']:<48} {'no path':<20} {'-':>11} {'-':>12} {'-':>12} {'-':>7}   ({row['error']})")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"benchmark": "netlab_hypergate", "rows": rows}, fh, indent=2, default=str)

@@ -19,6 +19,7 @@ from tests.procs import free_port
 DHT_PORT = 49737
 ECHO_PORT = 7000
 HTTP_PORT = 8000
+BULK_BYTES = 8 * 1024 * 1024
 
 # Runs in the provider's namespace: an echo service and a static HTTP page.
 ECHO_SERVER = f"""
@@ -116,15 +117,19 @@ async def run_case(lab, cluster, provider_host: str, gateway_host: str, relay: b
     )
     first_byte_after = trio.current_time() - start
     assert page.returncode == 0 and "Directory listing" in page.stdout, page.stderr
+    bulk_started = trio.current_time()
     bulk = await trio.to_thread.run_sync(
-        lambda: lab.exec(gateway_host, sys.executable, "-c", BULK_CLIENT, str(gate_echo), str(8 * 1024 * 1024),
+        lambda: lab.exec(gateway_host, sys.executable, "-c", BULK_CLIENT, str(gate_echo), str(BULK_BYTES),
                          check=False, timeout=120)
     )
+    bulk_s = trio.current_time() - bulk_started
     assert bulk.stdout.strip() == "OK", (bulk.stdout, bulk.stderr)
     paths = provider.find("event=link_path") + gateway.find("event=link_path")
     return provider, gateway, {
         "http": gate_http, "echo": gate_echo, "connected_after": connected_after,
         "first_byte_after": first_byte_after,
+        # Echoed: the bytes cross the link both ways at once (includes the client's start-up).
+        "bulk_s": bulk_s, "bulk_mib_s": BULK_BYTES / bulk_s / 2**20,
         "path": paths[0].split("kind=")[1].split()[0] if paths else "lan/direct listener",
     }
 
@@ -208,6 +213,33 @@ async def test_link_over_udp_recovers_after_the_nat_forgets_its_mappings(make_la
                          check=False, timeout=120)
     )
     assert bulk.stdout.strip() == "OK", (bulk.stdout, bulk.stderr)
+
+
+async def test_a_dead_udp_path_ends_the_link_and_the_peers_meet_again(make_lab, cluster):
+    """UDP between the two NATs stops for good: the UDX stream gives up (retransmits of the
+    keepalive go unanswered), the link ends, the peers look each other up again and, the
+    UDP punch failing now, meet at the relay; new channels work."""
+    lab = make_lab({"home": ("consistent", ["provider"]), "office": ("consistent", ["gateway"])})
+    provider, gateway, gates = await run_case(lab, cluster, "provider", "gateway", holepunch="udp")
+    assert all("kind=punched-udp" in line for line in link_paths(provider, gateway))
+    office = lab.nat("office").public_address
+    for direction in ("saddr", "daddr"):
+        await trio.to_thread.run_sync(lambda d=direction: lab.exec(
+            "home", "nft", "insert", "rule", "inet", "hglab", "forward", "ip", d, office, "meta", "l4proto", "udp", "drop"))
+    line = None
+    with trio.move_on_after(120):
+        while line is None:
+            found = [x for x in link_paths(provider, gateway) if "kind=relayed" in x]
+            line = found[0] if found else None
+            await trio.sleep(0.5)
+    assert line is not None, (provider.lines[-30:], gateway.lines[-30:])
+    ended = provider.find("event=peer_disconnected") + gateway.find("event=peer_disconnected")
+    assert ended, ended
+    page = await trio.to_thread.run_sync(
+        lambda: lab.exec("gateway", "curl", "-sS", "-m", "30", "--retry", "5", "--retry-all-errors",
+                         "--retry-delay", "2", f"http://127.0.0.1:{gates['http']}/", check=False, timeout=120)
+    )
+    assert page.returncode == 0 and "Directory listing" in page.stdout, (page.stderr, gateway.lines[-20:])
 
 
 async def test_consistent_and_random_nats_punch_over_udp(make_lab, cluster):

@@ -1,5 +1,6 @@
 """Bulk throughput over loopback, same run: kernel TCP vs our UDX stream (Python to
-Python) and, when Node's udx-native is installed (tests/interop), Python <-> Node.
+Python) and, when Node's udx-native is installed (tests/interop), Python <-> Node and
+Node <-> Node (the reference implementation on both ends).
 
     .venv/bin/python -m bench.udx                 # 64 MiB per case
     .venv/bin/python -m bench.udx --size 256 --json -
@@ -172,6 +173,31 @@ async def case_node_sender(size: int, node: str) -> dict:
     return figures(size, wall, sender_cpu, receiver_cpu)
 
 
+async def case_node_to_node(size: int, node: str) -> dict:
+    """The reference: udx-native on both ends (C, BBR, pacing)."""
+    sender = spawn([node, str(NODE_PEER), "send", str(size)])
+    receiver = spawn([node, str(NODE_PEER), "send", "0"])
+    try:
+        sender_hello = await read_json_line(sender, "port")
+        receiver_hello = await read_json_line(receiver, "port")
+        receiver.stdin.write(json.dumps({"port": sender_hello["port"], "id": sender_hello["id"]}) + "\n")
+        receiver.stdin.flush()
+        receiver_cpu_start = (await read_json_line(receiver, "connected"))["cpu_s"]
+        start = time.perf_counter()
+        sender.stdin.write(json.dumps({"port": receiver_hello["port"], "id": receiver_hello["id"]}) + "\n")
+        sender.stdin.flush()
+        sender_cpu_start = (await read_json_line(sender, "connected"))["cpu_s"]
+        report = await read_json_line(receiver, "received_sha256")
+        wall = time.perf_counter() - start
+        closed = await read_json_line(sender, "closed")
+    finally:
+        for child in (sender, receiver):
+            child.kill()
+            child.wait()
+    assert report["received_bytes"] == size, f"receiver got {report['received_bytes']} of {size} bytes"
+    return figures(size, wall, closed["cpu_s"] - sender_cpu_start, report["cpu_s"] - receiver_cpu_start)
+
+
 def figures(size: int, wall: float, sender_cpu: float, receiver_cpu: float) -> dict:
     cpu = sender_cpu + receiver_cpu
     return {
@@ -203,6 +229,7 @@ async def main_async(args: argparse.Namespace) -> dict:
     if node:
         cases["udx python->node"] = lambda: case_python_sender("node", size, node)
         cases["udx node->python"] = lambda: case_node_sender(size, node)
+        cases["udx node->node (reference)"] = lambda: case_node_to_node(size, node)
     results: dict = {}
     for name, run_case in cases.items():
         with trio.fail_after(args.timeout):

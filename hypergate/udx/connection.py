@@ -91,7 +91,7 @@ class UdxConnection:
         self._rwnd_sent = receive_buffer
         self._ack_pending = False
         self._data_since_ack = 0  # DATA/END packets taken since our last ACK went out
-        self._stashed_ack: tuple[int, int, int] | None = None  # newest pure ACK of this batch
+        self._stashed_ack: tuple | None = None  # (rwnd, seq, ack, sacks): newest ACK of this batch
         self.messages: deque[bytes] = deque()
         self.messages_dropped = 0
         # -- lifecycle --
@@ -186,13 +186,18 @@ class UdxConnection:
         checked. The common case, the next in-order DATA packet, takes a short path;
         anything else goes through the full decoder (which raises UdxPacketError)."""
         kind, data_offset, rwnd, seq, ack = _FIELDS.unpack_from(data, 2)
-        if kind == 0 and data_offset == 0 and self.error is None:
-            # A pure ACK that only moves the cumulative ack forward: keep the newest and
-            # process it once per batch (Node sends one per DATA packet).
+        if (kind == 0 or kind == wire.SACK) and self.error is None:
+            # A pure ACK that moves the cumulative ack forward, or one with SACK blocks
+            # (they describe the peer's whole out-of-order state): keep the newest and
+            # process it once per batch. Node sends one per DATA packet, and walking the
+            # scoreboard for each would cost O(window) per packet during recovery.
             newest = self._stashed_ack[2] if self._stashed_ack is not None else self.snd_una
-            if seq_diff(ack, newest) > 0 and seq_diff(ack, self.snd_nxt) <= 0:
-                self._stashed_ack = (rwnd, seq, ack)
-                return
+            ahead = seq_diff(ack, newest)
+            if seq_diff(ack, self.snd_nxt) <= 0 and (ahead > 0 or (ahead == 0 and kind == wire.SACK)):
+                sacks = wire.decode(data).sacks if kind == wire.SACK else ()
+                if kind == wire.SACK or data_offset == 0:
+                    self._stashed_ack = (rwnd, seq, ack, sacks)
+                    return
         if self._stashed_ack is not None:
             self._apply_stashed_ack(now)
         if (
@@ -224,9 +229,9 @@ class UdxConnection:
             self._receive_fields(kind, rwnd, seq, ack, payload, (), now)
 
     def _apply_stashed_ack(self, now: float) -> None:
-        rwnd, seq, ack = self._stashed_ack
+        rwnd, seq, ack, sacks = self._stashed_ack
         self._stashed_ack = None
-        self._receive_fields(0, rwnd, seq, ack, b"", (), now)
+        self._receive_fields(wire.SACK if sacks else 0, rwnd, seq, ack, b"", sacks, now)
 
     def _receive_fields(self, kind: int, rwnd: int, seq: int, ack: int, payload, sacks, now: float) -> None:
         if self.error is not None:

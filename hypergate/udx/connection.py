@@ -393,7 +393,8 @@ class UdxConnection:
                     blocked_by_rwnd = True  # wait for a window worth using (no silly window)
                     break
                 size = window
-            payload = bytes(self._unsent[:size])
+            with memoryview(self._unsent) as unsent:  # one copy; released before the del
+                payload = bytes(unsent[:size])
             del self._unsent[:size]
             is_end = self._end_requested and not self._unsent
             sent = SentPacket(self.snd_nxt, payload, is_end, now)

@@ -186,3 +186,21 @@ async def test_messages_and_destroy_with_node():
             with pytest.raises(AssertionError, match="Node udx peer failed: connection reset by peer"):
                 await peer.expect("closed")
         nursery.cancel_scope.cancel()
+
+
+async def test_node_destroy_breaks_our_stream_with_the_reason():
+    require_udx_native()
+    async with trio.open_nursery() as nursery:
+        peer = await start_node(nursery, "destroy")
+        hello = await peer.line()
+        udx = UdxSocket(await bound_socket())
+        await nursery.start(udx.run)
+        local_id = udx.new_stream_id()
+        stream = udx.open_stream(local_id, hello["id"], ("127.0.0.1", hello["port"]))
+        await peer.tell({"port": udx.local_address[1], "id": local_id})
+        with trio.fail_after(30):
+            await peer.expect("connected")
+            await stream.send_all(b"goodbye")
+            with pytest.raises(trio.BrokenResourceError, match=r"peer reset the stream \(DESTROY\)"):
+                await stream.receive_some()
+        nursery.cancel_scope.cancel()

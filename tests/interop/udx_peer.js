@@ -2,6 +2,7 @@
 //
 //   node udx_peer.js echo        echo every byte (and MESSAGE) back; end after the peer's END
 //   node udx_peer.js send N      send N random bytes then END; collect what comes back
+//   node udx_peer.js destroy     destroy() the stream (UDX DESTROY) at the first data
 //
 // Protocol on stdio, one JSON object a line:
 //   stdout {"port", "id"}                     our UDX socket port and stream id
@@ -36,6 +37,7 @@ stream.on('data', (data) => {
   received.update(data)
   receivedBytes += data.length
   if (mode === 'echo') stream.write(data)
+  if (mode === 'destroy') stream.destroy()
 })
 stream.on('message', (message) => {
   if (mode === 'echo') stream.send(message) // unreliable datagrams are echoed too

@@ -8,7 +8,7 @@ import heapq
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hypergate import limits
@@ -350,3 +350,27 @@ def test_garbage_after_a_valid_header_never_raises_anything_but_packet_errors(ta
         return
     b.conn.poll_transmit(0.0)
     b.conn.handle_timeout(10.0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    a_size=st.integers(0, 120_000),
+    b_size=st.integers(0, 60_000),
+    drop=st.sampled_from([0.0, 0.01, 0.1, 0.25]),
+    duplicate=st.sampled_from([0.0, 0.05]),
+    jitter=st.sampled_from([0.0, 0.01, 0.05]),
+    receive_buffer=st.sampled_from([8 * 1024, 64 * 1024, limits.UDX_RECEIVE_BUFFER]),
+)
+def test_any_network_delivers_both_ways_intact(seed, a_size, b_size, drop, duplicate, jitter, receive_buffer):
+    rng = random.Random(seed)
+    a_data, b_data = rng.randbytes(a_size), rng.randbytes(b_size)
+    a, b = pair(a_data, b_data, receive_buffer=receive_buffer)
+    net = Network(a, b, seed=seed, drop=drop, duplicate=duplicate, delay=0.02, jitter=jitter)
+    net.run(
+        lambda: a.conn.eof_received and b.conn.eof_received and a.conn.end_acked and b.conn.end_acked,
+        limit_s=600,
+    )
+    assert a.conn.error is None and b.conn.error is None
+    assert bytes(b.received) == a_data
+    assert bytes(a.received) == b_data

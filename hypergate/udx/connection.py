@@ -295,9 +295,21 @@ class UdxConnection:
         if self._remote_end_seq is not None and seq_diff(seq, self._remote_end_seq) > 0:
             return  # data after the peer's END is ignored
         size = len(payload)
-        if not self.detached and self._unread + self._ooo_bytes + size > self.receive_buffer + self.max_payload:
-            self.stats["dropped_out_of_window"] += 1
-            return  # the peer ignored our window; it will retransmit
+        limit = self.receive_buffer + self.max_payload
+        if not self.detached and self._unread + self._ooo_bytes + size > limit:
+            if offset > 0 or self._unread + size > limit:
+                self.stats["dropped_out_of_window"] += 1
+                return  # the peer ignored our window; it will retransmit
+            # The packet that fills the hole must never be refused for room, or a buffer
+            # full of out-of-order data would wait for it forever: make room by dropping
+            # the highest out-of-order packets (no longer SACKed; the peer resends them).
+            for seq_held in sorted(self._ooo, key=lambda held: seq_diff(held, seq), reverse=True):
+                self._ooo_bytes -= len(self._ooo.pop(seq_held)[0])
+                self.stats["dropped_out_of_window"] += 1
+                if self._unread + self._ooo_bytes + size <= limit:
+                    break
+            if self._remote_end_seq not in self._ooo:
+                self._remote_end_seq = None  # the END was among them: it will come again
         if is_end:
             self._remote_end_seq = seq
         if offset > 0:

@@ -173,14 +173,16 @@ class Scoreboard:
                 return
 
     def mark_all_lost(self) -> None:
-        """RTO: everything not SACKed is presumed lost, resent oldest first."""
+        """RTO: everything is presumed lost and resent oldest first, SACKed packets too
+        (RFC 6675 5.1: a receiver may have dropped what it SACKed, as ours does when
+        its buffer is full of out-of-order data and the missing packet arrives)."""
         self._lost_queue.clear()
-        self.lost = 0
+        self.lost = len(self.packets)
+        self.sacked = 0
         for sent in self.packets.values():
-            sent.lost = not sent.sacked
-            if sent.lost:
-                self.lost += 1
-                self._lost_queue.append(sent.seq)
+            sent.sacked = False
+            sent.lost = True
+            self._lost_queue.append(sent.seq)
 
     def clear(self) -> None:
         self.packets.clear()

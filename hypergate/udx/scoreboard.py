@@ -105,9 +105,10 @@ class Scoreboard:
 
     def pop_acked(self, una: int, advance: int, now: float, min_rtt: float):
         """Forget the `advance` packets from una on. Returns (packets acked, the newest
-        never-retransmitted packet to take an RTT sample from (Karn), END acked)."""
+        never-retransmitted packet to take an RTT sample from (Karn) or None, END acked)."""
         packets = self.packets
         sample_from: SentPacket | None = None
+        repaired = False  # a retransmission is among them: the ack waited for a repair
         acked = 0
         end_acked = False
         seq = una
@@ -118,6 +119,7 @@ class Scoreboard:
                 continue
             acked += 1
             self.bytes -= len(sent.payload)
+            repaired = repaired or sent.retransmitted
             if sent.sacked:
                 self.sacked -= 1
             else:
@@ -128,7 +130,9 @@ class Scoreboard:
                 self.lost -= 1
             if sent.end:
                 end_acked = True
-        return acked, sample_from, end_acked
+        # An ack that filled a hole also covers packets the peer held for a while (their
+        # SACKs may have been lost): timing them would inflate the RTO, so skip it.
+        return acked, None if repaired else sample_from, end_acked
 
     def detect_by_sack_count(self, oldest_too: bool) -> bool:
         """DupThresh: an unSACKed packet with UDX_DUP_THRESHOLD packets SACKed above it is

@@ -2,11 +2,16 @@
 `UdxConnection`s), other datagrams handed to a callback.
 
 One reader task drains the socket per wakeup (up to UDX_RECV_BATCH datagrams), feeds
-each stream, then lets every touched stream transmit once: so a batch of DATA is
-answered by one cumulative ACK (with SACK blocks) per stream, sent within the same
-wakeup. One timer task serves every stream's RTO / probe / TIME_WAIT deadline. Sends go
-straight to a non-blocking duplicate of the socket; only when the kernel buffer is full
-does a writer task wait for writability.
+each stream, then lets every touched stream transmit once: a batch of DATA is answered
+by a cumulative ACK (with SACK blocks) every UDX_ACK_EVERY packets and at the batch's
+end, all within the same wakeup. One timer task serves every stream's RTO / probe /
+TIME_WAIT deadline. Sends go straight to a non-blocking duplicate of the socket (runs of
+equal-sized packets in one sendmsg with UDP GSO on Linux); only when the kernel buffer
+is full does a writer task wait for writability.
+
+Datagrams that are not UDX, or UDX for an id no live stream has (as Node does), go to
+`on_datagram`. A stream stays in the table after both ENDs for UDX_TIME_WAIT_S (to
+re-ACK a lost last ACK), and after `aclose` for up to UDX_DETACHED_LINGER_S.
 """
 
 from __future__ import annotations

@@ -461,7 +461,7 @@ class UdxConnection:
         if not self._ooo:
             return []
         base = self.rcv_nxt
-        offsets = sorted(seq_diff(seq, base) for seq in self._ooo)
+        offsets = sorted((seq - base) & _U32 for seq in self._ooo)  # all held seqs are ahead of base
         blocks: list[list[int]] = []
         for offset in offsets:
             if blocks and blocks[-1][1] == offset:

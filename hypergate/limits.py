@@ -79,6 +79,11 @@ GATE_RETRY_MIN_S = 1.0
 GATE_RETRY_MAX_S = 30.0
 # Datagrams of a new UDP flow kept while its channel opens; more are dropped.
 UDP_PENDING_DATAGRAMS = 64
+# Datagrams read from a UDP gate or service socket per wakeup, sent to the peer as one
+# record (the session is corked meanwhile): under load, per-datagram costs (a wakeup,
+# a record, a send) are shared by the batch. Bounded so one busy socket cannot starve
+# the loop.
+UDP_RECV_BATCH = 64
 # Fetching a services or policy file from a URL.
 URL_FETCH_TIMEOUT_S = 10.0
 MAX_URL_DOCUMENT = 8 * 1024 * 1024

@@ -94,6 +94,7 @@ class MuxSession:
         # Woken when a channel goes away or the writer drains a batch (for close()).
         self._progress = trio.lowlevel.ParkingLot()
         self._writing = False  # a batch is being written to the link
+        self._corked = 0  # >0: queue frames without writing them (see cork)
 
     def __repr__(self) -> str:
         return f"MuxSession({self.name}, channels={len(self._channels)})"
@@ -290,8 +291,20 @@ class MuxSession:
 
     # --- writer ---------------------------------------------------------------------
 
+    def cork(self) -> None:
+        """Hold what is queued until `uncork`, so a batch (datagrams read in one wakeup)
+        goes out as one record instead of one record each. Nests."""
+        self._corked += 1
+
+    def uncork(self) -> None:
+        self._corked -= 1
+        if not self._corked and (self._control or self._ready):
+            self._kick()
+
     def _kick(self) -> None:
         """Something was queued: write it now if the link is idle, else wake the writer."""
+        if self._corked:
+            return
         link = self.link
         if self._writing or self._flushing or self.closed or not link.can_send_now:
             self._writer_wakeup.set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import ipaddress
 import logging
 import os
 import socket
@@ -228,46 +229,90 @@ class Gateway:
 
     async def _serve_udp_gate(self, key: GateKey) -> None:
         family = socket.AF_INET6 if ":" in self.listen_host else socket.AF_INET
-        sock = trio.socket.socket(family, socket.SOCK_DGRAM)
-        with sock:
-            await sock.bind((self.listen_host, key.port))
+        # A plain non-blocking socket: each wakeup reads every datagram waiting (up to a
+        # batch), and the sessions they go to send them as one record.
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            if _is_ip(self.listen_host):
+                sock.bind((self.listen_host, key.port))
+            else:  # a name: resolved off the event loop
+                await trio.to_thread.run_sync(sock.bind, (self.listen_host, key.port))
             self._gate_opened(key, sock.getsockname()[1])
             flows: dict[Any, _UdpFlow] = {}
+            corked: list = []
             async with trio.open_nursery() as nursery:
                 while True:
-                    datagram, client = await sock.recvfrom(limits.MAX_DATAGRAM)
-                    flow = flows.get(client)
-                    if flow is None:
-                        if len(flows) >= limits.MAX_UDP_FLOWS_PER_GATE:
-                            self.datagrams_dropped += 1
-                            continue
-                        flow = flows[client] = _UdpFlow(client)
-                        nursery.start_soon(self._run_udp_flow, key, sock, flow, flows)
-                    if not flow.push(datagram):
-                        self.datagrams_dropped += 1
+                    await trio.lowlevel.wait_readable(sock)
+                    try:
+                        for _ in range(limits.UDP_RECV_BATCH):
+                            try:
+                                datagram, client = sock.recvfrom(limits.MAX_DATAGRAM)
+                            except (BlockingIOError, InterruptedError):
+                                break
+                            except OSError:
+                                continue  # (an ICMP error for an earlier send)
+                            flow = flows.get(client)
+                            if flow is None:
+                                if len(flows) >= limits.MAX_UDP_FLOWS_PER_GATE:
+                                    self.datagrams_dropped += 1
+                                    continue
+                                flow = flows[client] = _UdpFlow(client)
+                                nursery.start_soon(self._run_udp_flow, key, sock, flow, flows)
+                            elif flow.channel is not None and not flow.channel.session._corked:
+                                session = flow.channel.session
+                                session.cork()
+                                corked.append(session)
+                            if not flow.push(datagram):
+                                self.datagrams_dropped += 1
+                    finally:
+                        for session in corked:
+                            session.uncork()
+                        corked.clear()
 
-    async def _run_udp_flow(self, key: GateKey, sock, flow: _UdpFlow, flows: dict) -> None:
+    async def _run_udp_flow(self, key: GateKey, sock: socket.socket, flow: _UdpFlow, flows: dict) -> None:
         try:
             opened = await self._open_channel(key, flow.client[0], flow.client[1], sock.getsockname()[:2])
             if opened is None:
                 return
             channel, _, shaper = opened
             flow.attach(channel, shaper)
+            to_client = shaper.service_to_client
 
-            async def to_client(datagram: bytes) -> None:
-                if flow.shaper.service_to_client.try_admit(len(datagram)):
-                    await sock.sendto(datagram, flow.client)
-                else:
+            def sink(datagram: bytes | memoryview) -> int:
+                # In the session's reader: sent at once, or dropped as a full network
+                # would drop it; never queued.
+                flow.idle.touch()
+                if not to_client.try_admit(len(datagram)):
                     self.datagrams_dropped += 1
+                    return len(datagram)
+                try:
+                    sock.sendto(datagram, flow.client)
+                except OSError:
+                    self.datagrams_dropped += 1
+                return len(datagram)
+
+            channel.sink = sink
+
+            async def to_client_slow(datagram: bytes) -> None:  # (only what came before the sink)
+                sink(datagram)
 
             try:
-                await channel_datagrams(channel, flow.idle, to_client)
+                await channel_datagrams(channel, flow.idle, to_client_slow)
             except ChannelReset:
                 pass
             finally:
+                channel.sink = None
                 channel.reset(ResetCode.CLOSED, "UDP flow ended")
         finally:
             flows.pop(flow.client, None)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 async def _first_bytes(

@@ -172,8 +172,16 @@ class Provider:
                 self.resolve_host(service.serviceHost), service.servicePort, type=socket.SOCK_DGRAM
             )
             family, _, _, _, address = infos[0]
-            sock = trio.socket.socket(family, socket.SOCK_DGRAM)
-            await sock.connect(address)
+            # A plain non-blocking socket: datagrams from the service are read in batches
+            # (one record to the gateway per wakeup); those from the gateway are sent
+            # straight from the session's reader (Channel.sink), no task switch each.
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(address)  # (UDP: only sets the default destination)
+            except BaseException:
+                sock.close()
+                raise
         except OSError as exc:
             self._refuse(peer, channel, target, exc.strerror or str(exc))
             return
@@ -181,25 +189,49 @@ class Provider:
         with sock:
             self._notify(channel, peer, sock.getsockname(), sock.getpeername())
             channel.accept()
+            session = channel.session
 
             async def from_service() -> None:
                 while True:
+                    await trio.lowlevel.wait_readable(sock)
+                    session.cork()
                     try:
-                        datagram = await sock.recv(limits.MAX_DATAGRAM)
-                    except ConnectionRefusedError:
-                        continue  # ICMP port unreachable from an earlier send; keep the flow
-                    idle.touch()
-                    if not channel.try_send_datagram(datagram):
-                        self.datagrams_dropped += 1
+                        for _ in range(limits.UDP_RECV_BATCH):
+                            try:
+                                datagram = sock.recv(limits.MAX_DATAGRAM)
+                            except (BlockingIOError, InterruptedError):
+                                break
+                            except ConnectionRefusedError:
+                                continue  # ICMP port unreachable from an earlier send; keep the flow
+                            idle.touch()
+                            if not channel.try_send_datagram(datagram):
+                                self.datagrams_dropped += 1
+                    finally:
+                        session.uncork()
+
+            def sink(datagram: bytes | memoryview) -> int:
+                idle.touch()
+                try:
+                    sock.send(datagram)
+                except (BlockingIOError, InterruptedError):
+                    self.datagrams_dropped += 1  # the socket buffer is full: as a network would
+                except OSError as exc:
+                    if exc.errno not in (errno.ECONNREFUSED, errno.EMSGSIZE):
+                        return 0  # left to to_service, which ends the flow as before
+                return len(datagram)
 
             async def to_service(datagram: bytes) -> None:
                 try:
-                    await sock.send(datagram)
+                    sock.send(datagram)
+                except (BlockingIOError, InterruptedError):
+                    self.datagrams_dropped += 1
                 except OSError as exc:
                     if exc.errno not in (errno.ECONNREFUSED, errno.EMSGSIZE):
                         raise
+                await trio.lowlevel.checkpoint()
 
             try:
+                channel.sink = sink
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(from_service)
                     await channel_datagrams(channel, idle, to_service)
@@ -207,4 +239,5 @@ class Provider:
             except* ChannelReset:
                 pass
             finally:
+                channel.sink = None
                 self._notify(channel, peer, None, None)

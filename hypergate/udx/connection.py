@@ -8,7 +8,7 @@ bytes with `read`. No I/O, no clock of its own, no trio.
 Sequence numbers count packets, modulo 2^32. Reliability: the scoreboard (scoreboard.py)
 holds what was sent, keyed by seq; cumulative acks and SACK blocks clear it; losses are
 found by SACK count (RFC 6675), by time (RACK, RFC 8985) and by a tail loss probe, and
-as a last resort by the RTO (RFC 6298, Karn's rule). Congestion control: NewReno in
+as a last resort by the RTO (RFC 6298, Karn's rule). Congestion control: CUBIC in
 packets. Flow control: never more payload bytes in flight than the peer's rwnd; ours is
 the receive buffer minus what is buffered, reopened by reading.
 
@@ -25,7 +25,7 @@ from collections import deque
 
 from hypergate import limits
 from hypergate.udx import packet as wire
-from hypergate.udx.congestion import NewReno, RttEstimator
+from hypergate.udx.congestion import Cubic, RttEstimator
 from hypergate.udx.packet import Packet, encode_header, seq_diff
 from hypergate.udx.scoreboard import Scoreboard, SentPacket
 
@@ -71,7 +71,7 @@ class UdxConnection:
         self._end_seq: int | None = None
         self.end_acked = False
         self.rtt = RttEstimator()
-        self.cc = NewReno()
+        self.cc = Cubic()
         self._rto_deadline: float | None = None
         self._probe_deadline: float | None = None  # zero-window probe (HEARTBEAT)
         self._tlp_deadline: float | None = None  # tail loss probe (RFC 8985 7)
@@ -346,7 +346,7 @@ class UdxConnection:
         recovering = self.cc.recovery_end is not None and seq_diff(ack, self.cc.recovery_end) < 0
         if not recovering:
             self.cc.recovery_end = None
-        self.cc.on_acked(acked, recovering)
+        self.cc.on_acked(acked, recovering, now, self.rtt.srtt)
         self._dupacks = 0
         self._rto_expiries = 0
         self.rtt.reset_backoff()
@@ -356,7 +356,7 @@ class UdxConnection:
     def _on_losses(self) -> None:
         self.stats["fast_retransmits"] += 1
         if self.cc.recovery_end is None:  # one window reduction per loss episode
-            self.cc.on_loss(self.sent.pipe)
+            self.cc.on_loss()
             self.cc.recovery_end = self.snd_nxt
             self._send_credit = 1  # RFC 5681: the first loss is resent at once
 
@@ -519,7 +519,7 @@ class UdxConnection:
                 f"{self._rto_expiries} retransmission timeouts over {waited:.1f} s"
             )
             return
-        self.cc.on_timeout(self.sent.pipe, ever_acked=self.rtt.srtt is not None)
+        self.cc.on_timeout(ever_acked=self.rtt.srtt is not None)
         self.cc.recovery_end = None
         self.rtt.back_off()
         self.sent.mark_all_lost()  # resent oldest first, as cwnd allows

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from hypergate import limits
 from hypergate.udx import packet as wire
+from hypergate.udx.congestion import Cubic
 from hypergate.udx.connection import UdxConnection
 from hypergate.udx.packet import UdxPacketError, decode, encode_header
 
@@ -377,3 +378,24 @@ def test_any_network_delivers_both_ways_intact(seed, a_size, b_size, drop, dupli
     assert a.conn.error is None and b.conn.error is None
     assert bytes(b.received) == a_data
     assert bytes(a.received) == b_data
+
+
+def test_cubic_backs_off_to_0_7_and_regains_the_old_maximum_after_k_seconds():
+    cc = Cubic()
+    now, rtt = 0.0, 0.2  # long enough that the cubic curve, not the Reno-friendly one, leads
+    while cc.cwnd < 100:  # slow start: doubles each round trip
+        before = cc.cwnd
+        cc.on_acked(int(cc.cwnd), False, now, rtt)
+        assert cc.cwnd == min(2 * before, limits.UDX_MAX_CWND)
+        now += rtt
+    cc.cwnd = 100.0
+    cc.on_loss()
+    assert cc.cwnd == pytest.approx(70) and cc.ssthresh == pytest.approx(70)
+    loss_at = now
+    while cc.cwnd < 100:
+        cc.on_acked(int(cc.cwnd), False, now, rtt)
+        now += rtt
+    k = (30 / Cubic.C) ** (1 / 3)  # RFC 9438: K = cbrt(W_max (1 - beta) / C) = 4.2 s
+    assert k - 0.5 < now - loss_at < k + 0.5
+    cc.on_timeout(ever_acked=True)
+    assert cc.cwnd == 1.0

@@ -295,7 +295,7 @@ class UdxConnection:
         if self._remote_end_seq is not None and seq_diff(seq, self._remote_end_seq) > 0:
             return  # data after the peer's END is ignored
         size = len(payload)
-        limit = self.receive_buffer + self.max_payload
+        limit = self.receive_buffer + limits.UDX_RECV_BUFFER  # Node sends one packet into any window > 0
         if not self.detached and self._unread + self._ooo_bytes + size > limit:
             if offset > 0 or self._unread + size > limit:
                 self.stats["dropped_out_of_window"] += 1

@@ -204,3 +204,38 @@ async def test_node_destroy_breaks_our_stream_with_the_reason():
             with pytest.raises(trio.BrokenResourceError, match=r"peer reset the stream \(DESTROY\)"):
                 await stream.receive_some()
         nursery.cancel_scope.cancel()
+
+
+async def test_node_respects_our_window_when_we_read_slowly():
+    require_udx_native()
+    size = 1 << 20
+    async with trio.open_nursery() as nursery:
+        peer = await start_node(nursery, "send", str(size))
+        hello = await peer.line()
+        udx = UdxSocket(await bound_socket())
+        await nursery.start(udx.run)
+        local_id = udx.new_stream_id()
+        stream = udx.open_stream(local_id, hello["id"], None)
+        window = 64 * 1024
+        stream.conn.receive_buffer = stream.conn._rwnd_sent = window  # a small reader buffer
+        await peer.tell({"port": udx.local_address[1], "id": local_id})
+        with trio.fail_after(60):
+            got = hashlib.sha256()
+            total = 0
+            most_buffered = 0
+            while True:
+                await trio.sleep(0.005)  # a slow reader
+                most_buffered = max(most_buffered, stream.conn.readable_bytes)
+                data = await stream.receive_some(16 * 1024)
+                if not data:
+                    break
+                got.update(data)
+                total += len(data)
+            sent = await peer.expect("sent_sha256")
+            assert total == size and got.hexdigest() == sent["sent_sha256"]
+            assert most_buffered <= window + 2048  # Node kept within our rwnd
+            assert stream.conn.stats["dropped_out_of_window"] == 0
+            await stream.send_eof()
+            await peer.expect("closed")
+            await stream.aclose()
+        nursery.cancel_scope.cancel()

@@ -374,3 +374,18 @@ UDP_PUNCH_RANDOM_TIMEOUT_S = 7.0
 # After the punch, probes are answered (the other side may still be punching) at most
 # this many at a time; more are dropped.
 UDP_PUNCH_ANSWER_QUEUE = 16
+
+# --- Hyperswarm client (hypergate/hyperswarm: hyperdht connect to Node peers) ---------------
+# Plaintext per secret-stream frame we send: a receiver decrypts only whole frames, so a
+# 64 KiB frame keeps per-frame overhead (20 B) at 0.03% without holding data back long.
+HYPERSWARM_FRAME_PLAINTEXT = 64 * 1024
+# hyperdht connectionKeepAlive: an empty frame after this long with nothing sent.
+HYPERSWARM_KEEPALIVE_S = 5.0
+# hyperdht gives its client 10 s for the UDX path once the handshake is done (passive
+# connect timeout, server HANDSHAKE_INITIAL_TIMEOUT): our first frame must be answered by then.
+HYPERSWARM_UDX_CONNECT_TIMEOUT_S = 10.0
+# Finding the server's record (one FIND_PEER walk): a public-network walk takes a few
+# seconds; past this the key is not announced (or the DHT is unreachable).
+HYPERSWARM_FIND_PEER_TIMEOUT_S = 20.0
+# hyperdht tries 2 relays at once; we try them in turn, at most this many.
+HYPERSWARM_MAX_RELAYS = 3

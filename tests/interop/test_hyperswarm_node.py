@@ -1,0 +1,165 @@
+"""Our hyperdht client (hypergate.hyperswarm) against a real Node hyperdht server.
+
+A local Node testnet (testnet.js) on 127.0.0.1, a Node server (hyperdht_echo_server.js)
+announced on it, and our DHT node joining it as a client. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+
+import pytest
+import trio
+
+from hypergate.dht.crypto import KeyPair
+from hypergate.dht.node import NodeConfig, open_dht_node
+from hypergate.hyperswarm.connect import HyperswarmConnectError, connect
+from tests.interop.node_support import INTEROP_DIR, require_node
+from tests.interop.test_dht_node_interop import NodeTestnet
+
+pytestmark = pytest.mark.interop
+
+SERVER_SCRIPT = INTEROP_DIR / "hyperdht_echo_server.js"
+# Loopback: the testnet starts in ~1 s, a server announces in ~1 s, a connect takes
+# a few round trips; generous bounds that still end a hung test.
+START_TIMEOUT_S = 30
+CONNECT_TIMEOUT_S = 20
+BULK = 1 << 20
+# A server that is gone: 3 relays x 4 sends x 1 s of DHT request timeout, plus the walk.
+GONE_TIMEOUT_S = 30
+
+
+class LineReader:
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._buffer = b""
+
+    async def line(self) -> dict:
+        while b"\n" not in self._buffer:
+            chunk = await self._stream.receive_some(65536)
+            if not chunk:
+                raise RuntimeError("the Node process exited")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        message = json.loads(line)
+        if "error" in message:
+            raise RuntimeError(f"Node process failed: {message['error']}")
+        return message
+
+
+async def _start(nursery, args):
+    return await nursery.start(
+        lambda task_status: trio.run_process(
+            args, cwd=INTEROP_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, check=False, task_status=task_status
+        )
+    )
+
+
+async def _stop(process) -> None:
+    with trio.move_on_after(5):
+        await process.stdin.aclose()
+        await process.wait()
+    if process.returncode is None:
+        process.kill()
+
+
+@pytest.fixture
+async def testnet():
+    node = require_node()
+    async with trio.open_nursery() as nursery:
+        process = await _start(nursery, [node, str(INTEROP_DIR / "testnet.js"), "5"])
+        net = NodeTestnet(process)
+        try:
+            await net.start()
+            yield net
+        finally:
+            await _stop(process)
+
+
+class NodeServer:
+    def __init__(self, process) -> None:
+        self.process = process
+        self.reader = LineReader(process.stdout)
+        self.public_key = b""
+
+    async def start(self) -> None:
+        with trio.fail_after(START_TIMEOUT_S):
+            ready = await self.reader.line()
+        self.public_key = bytes.fromhex(ready["publicKey"])
+
+
+async def start_server(nursery, net: NodeTestnet, mode: str = "echo") -> NodeServer:
+    bootstrap = net.bootstrap[0]
+    process = await _start(nursery, [require_node(), str(SERVER_SCRIPT), f"{bootstrap.host}:{bootstrap.port}", mode])
+    server = NodeServer(process)
+    await server.start()
+    return server
+
+
+def client_config(net: NodeTestnet) -> NodeConfig:
+    return NodeConfig(bootstrap=net.bootstrap, host="127.0.0.1")
+
+
+async def test_connect_echoes_one_mebibyte(testnet):
+    data = os.urandom(BULK)
+    async with trio.open_nursery() as nursery:
+        server = await start_server(nursery, testnet)
+        try:
+            async with open_dht_node(client_config(testnet)) as node:
+                key_pair = KeyPair.generate()
+                with trio.fail_after(CONNECT_TIMEOUT_S):
+                    conn = await connect(node, server.public_key, key_pair)
+                info = conn.info
+                # The Node server answers through its relay from its punch socket; on
+                # loopback our UDX stream reaches that socket without hole punching.
+                assert info.relayed and info.server_address.host == "127.0.0.1"
+                assert info.remote_public_key == server.public_key
+                announced = await server.reader.line()
+                assert announced == {"event": "connection", "remotePublicKey": key_pair.public_key.hex()}
+                digest = hashlib.sha256()
+                received = 0
+
+                async def sender():
+                    for i in range(0, BULK, 50_000):
+                        await conn.send_all(data[i : i + 50_000])
+                    await conn.send_eof()
+
+                with trio.fail_after(CONNECT_TIMEOUT_S):
+                    async with trio.open_nursery() as inner:
+                        inner.start_soon(sender)
+                        while True:
+                            chunk = await conn.receive_some()
+                            if not chunk:
+                                break
+                            digest.update(chunk)
+                            received += len(chunk)
+                    ended = await server.reader.line()
+                assert ended == {"event": "end", "received": BULK}
+                assert received == BULK
+                assert digest.digest() == hashlib.sha256(data).digest()
+                await conn.aclose()
+        finally:
+            await _stop(server.process)
+
+
+async def test_unknown_key_fails_clearly(testnet):
+    async with open_dht_node(client_config(testnet)) as node:
+        with trio.fail_after(CONNECT_TIMEOUT_S):
+            with pytest.raises(HyperswarmConnectError, match="is not announced on the DHT"):
+                await connect(node, KeyPair.generate().public_key)
+
+
+async def test_server_gone_fails_clearly(testnet):
+    async with trio.open_nursery() as nursery:
+        server = await start_server(nursery, testnet)
+        server.process.kill()  # no unannounce: the records stay on the testnet
+        await server.process.wait()
+        async with open_dht_node(client_config(testnet)) as node:
+            start = trio.current_time()
+            with trio.fail_after(GONE_TIMEOUT_S):
+                with pytest.raises(HyperswarmConnectError, match="no handshake reply from the server"):
+                    await connect(node, server.public_key)
+            assert trio.current_time() - start < GONE_TIMEOUT_S

@@ -387,6 +387,35 @@ async def relay(host: str, port: int, path: str) -> None:
 
 
 @main_group.command()
+@click.option("--connect", "connect_key", required=True, metavar="PUBKEY_HEX", envvar=_env("TELE_CONNECT"), help="Public key of the hyperdht server (a hypertele-server), 64 hex characters.")
+@click.option("--listen", required=True, metavar="[HOST:]PORT", envvar=_env("TELE_LISTEN"), help="Local TCP address; each connection to it is one connection to the server.")
+@click.option(
+    "--bootstrap", "bootstrap", multiple=True, type=CommaList(), envvar=_env("TELE_BOOTSTRAP"), metavar="HOST:PORT",
+    help="DHT nodes to join (default: the public Hyperswarm network).",
+)
+async def tele(connect_key: str, listen: str, bootstrap: tuple[str, ...]) -> None:
+    """Like the npm `hypertele` client: forward a local TCP port to a hyperdht server."""
+    from .hyperswarm.tele import run_tele
+
+    try:
+        server_key = bytes.fromhex(connect_key.strip())
+        if len(server_key) != 32:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"--connect: expected the server's public key as 64 hex characters, got {connect_key!r}") from None
+    host, _, port_text = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise ConfigError(f"--listen: expected [HOST:]PORT, got {listen!r}")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_tele, server_key, host, int(port_text), _bootstrap_list(bootstrap))
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                break
+        nursery.cancel_scope.cancel()
+
+
+@main_group.command()
 @click.option("--port", type=click.IntRange(0, 65535), default=0, help="Gate port (0: any free port).")
 async def demo(port: int) -> None:
     """Provider + gateway + a small HTTP service on this machine; prints a curl line."""

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import subprocess
+from functools import partial
 
 import pytest
 import trio
@@ -163,3 +164,73 @@ async def test_server_gone_fails_clearly(testnet):
                 with pytest.raises(HyperswarmConnectError, match="no handshake reply from the server"):
                     await connect(node, server.public_key)
             assert trio.current_time() - start < GONE_TIMEOUT_S
+
+
+async def _echo_service(stream: trio.SocketStream) -> None:
+    """The TCP service behind the Node server: echoes, answers EOF with EOF."""
+    async with stream:
+        async for data in stream:
+            await stream.send_all(data)
+        await stream.send_eof()
+
+
+async def _exchange(port: int, data: bytes) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        reply = bytearray()
+
+        async def send():
+            await stream.send_all(data)
+            await stream.send_eof()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            async for chunk in stream:
+                reply += chunk
+    return bytes(reply)
+
+
+async def test_tele_command_reaches_a_tcp_service_behind_the_node_server(testnet, cluster):
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, _echo_service, 0, host="127.0.0.1"))
+        service_port = listeners[0].socket.getsockname()[1]
+        server = await start_server(nursery, testnet, f"pipe:{service_port}")
+        try:
+            bootstrap = testnet.bootstrap[0]
+            tele = await cluster.start(
+                "tele", "--connect", server.public_key.hex(), "--listen", "127.0.0.1:0",
+                "--bootstrap", f"{bootstrap.host}:{bootstrap.port}", name="tele",
+            )
+            line = await tele.wait_for(r"event=tele_listening listen=127\.0\.0\.1:\d+", timeout=START_TIMEOUT_S)
+            port = int(line.split("listen=127.0.0.1:")[1].split()[0])
+            payloads = [os.urandom(256 * 1024), b"hello through hyperswarm\n"]
+            with trio.fail_after(CONNECT_TIMEOUT_S):
+                replies = [None, None]
+
+                async def one(i):
+                    replies[i] = await _exchange(port, payloads[i])
+
+                async with trio.open_nursery() as clients:  # two TCP streams, two connections
+                    clients.start_soon(one, 0)
+                    clients.start_soon(one, 1)
+            assert [hashlib.sha256(r).hexdigest() for r in replies] == [hashlib.sha256(p).hexdigest() for p in payloads]
+            await tele.wait_for("event=tele_connected", count=2)
+            await tele.wait_for(r"event=tele_closed .*bytes_up=262144 bytes_down=262144 .*failure=-")
+        finally:
+            await _stop(server.process)
+            nursery.cancel_scope.cancel()
+
+
+async def test_tele_command_resets_the_client_when_the_key_is_unknown(testnet, cluster):
+    bootstrap = testnet.bootstrap[0]
+    tele = await cluster.start(
+        "tele", "--connect", KeyPair.generate().public_key.hex(), "--listen", "127.0.0.1:0",
+        "--bootstrap", f"{bootstrap.host}:{bootstrap.port}", name="tele",
+    )
+    line = await tele.wait_for(r"event=tele_listening listen=127\.0\.0\.1:\d+", timeout=START_TIMEOUT_S)
+    port = int(line.split("listen=127.0.0.1:")[1].split()[0])
+    with trio.fail_after(CONNECT_TIMEOUT_S):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        with pytest.raises(trio.BrokenResourceError):
+            await stream.receive_some()  # RST, not a clean EOF
+    await tele.wait_for("event=tele_connect_failed .*is not announced on the DHT")

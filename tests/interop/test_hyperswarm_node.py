@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 from functools import partial
 
@@ -234,3 +235,64 @@ async def test_tele_command_resets_the_client_when_the_key_is_unknown(testnet, c
         with pytest.raises(trio.BrokenResourceError):
             await stream.receive_some()  # RST, not a clean EOF
     await tele.wait_for("event=tele_connect_failed .*is not announced on the DHT")
+
+
+async def _http_service(stream: trio.SocketStream) -> None:
+    """A tiny HTTP responder: one request, one fixed answer, close."""
+    async with stream:
+        request = b""
+        async for chunk in stream:
+            request += chunk
+            if b"\r\n\r\n" in request:
+                break
+        body = b"hello from behind hypertele-server\n"
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+
+
+async def test_tele_command_with_curl_through_the_real_hypertele_server(testnet, cluster):
+    server_bin = INTEROP_DIR / "node_modules" / "hypertele" / "server.js"
+    if not server_bin.is_file():
+        pytest.skip(f"npm package hypertele missing: run `npm install` in {INTEROP_DIR}")
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, _http_service, 0, host="127.0.0.1"))
+        service_port = listeners[0].socket.getsockname()[1]
+        bootstrap = testnet.bootstrap[0]
+        # hypertele-server's --bootstrap (its test option) takes a port on 127.0.0.1.
+        seed = os.urandom(32).hex()
+        process = await _start(
+            nursery,
+            [require_node(), str(server_bin), "-l", str(service_port), "--seed", seed, "--bootstrap", str(bootstrap.port)],
+        )
+        try:
+            with trio.fail_after(START_TIMEOUT_S):
+                buffer = b""
+                while b"\n" not in buffer:
+                    chunk = await process.stdout.receive_some(4096)
+                    assert chunk, "hypertele-server exited"
+                    buffer += chunk
+            public_key = buffer.split(b"hypertele:")[1].split()[0].decode()
+            tele = await cluster.start(
+                "tele", "--connect", public_key, "--listen", "127.0.0.1:0",
+                "--bootstrap", f"{bootstrap.host}:{bootstrap.port}", name="tele",
+            )
+            line = await tele.wait_for(r"event=tele_listening listen=127\.0\.0\.1:\d+", timeout=START_TIMEOUT_S)
+            port = int(line.split("listen=127.0.0.1:")[1].split()[0])
+            with trio.fail_after(CONNECT_TIMEOUT_S):
+                result = await trio.run_process(
+                    [curl, "-sS", "--max-time", "15", f"http://127.0.0.1:{port}/"], capture_stdout=True, check=False
+                )
+            assert result.returncode == 0
+            assert result.stdout == b"hello from behind hypertele-server\n"
+            await tele.wait_for("event=tele_connected")
+        finally:
+            process.terminate()
+            with trio.move_on_after(5):
+                await process.wait()
+            if process.returncode is None:
+                process.kill()
+            nursery.cancel_scope.cancel()

@@ -108,6 +108,11 @@ RENDEZVOUS_PUNCH_TIMEOUT_S = 8.0
 RENDEZVOUS_RELAY_HEAD_START_S = 2.0
 # A peer we failed to reach is left alone this long before the next try.
 RENDEZVOUS_DIAL_BACKOFF_S = 30.0
+# Both peers dial each other; the router keeps the link dialed by the smaller key and
+# closes the other, resetting channels already on it. The larger key lets the peer's dial
+# land first for this long (a relayed handshake and a punch, ~1 s with a multi-port
+# punch in the lab) and dials only if still unconnected.
+RENDEZVOUS_DIAL_YIELD_S = 3.0
 
 # --- policy/ and http/ (ingress policy, shaping, /unlimited, fingerprint resolver) ------
 
@@ -389,3 +394,13 @@ HYPERSWARM_UDX_CONNECT_TIMEOUT_S = 10.0
 HYPERSWARM_FIND_PEER_TIMEOUT_S = 20.0
 # hyperdht tries 2 relays at once; we try them in turn, at most this many.
 HYPERSWARM_MAX_RELAYS = 3
+# Hole punching (hyperdht holepuncher.js): the punch socket is classified by PINGs to this
+# many DHT nodes (hyperdht: 4), each answer awaited at most half of the timeout.
+HYPERSWARM_CLASSIFY_NODES = 4
+HYPERSWARM_CLASSIFY_TIMEOUT_S = 2.0
+# The first probe to the server leaves with this TTL: it opens our NAT's mapping without
+# reaching (and being refused by) the server's NAT (hyperdht HOLEPUNCH_TTL).
+HYPERSWARM_PUNCH_TTL = 5
+# Both consistent: a probe to every server address each second, 10 rounds (hyperdht).
+HYPERSWARM_PUNCH_ROUNDS = 10
+HYPERSWARM_PUNCH_INTERVAL_S = 1.0

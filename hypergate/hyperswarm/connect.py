@@ -1,23 +1,24 @@
 """`connect()`: a hyperdht client connection to a Node (or any hyperdht) server, by key.
 
-What Node's `dht.connect(publicKey)` does (hyperdht lib/connect.js), for the paths that
-need no hole punching (HYPERSWARM-WIRE.md 3.7-3.9, 4.1, 4.2; UDX-WIRE.md 4):
+What Node's `dht.connect(publicKey)` does (hyperdht lib/connect.js; HYPERSWARM-WIRE.md
+3.7-3.9, 4.1, 4.2; UDX-WIRE.md 4):
 
 1. FIND_PEER for hash(publicKey): the nodes that hold the server's record relay to it.
 2. PEER_HANDSHAKE (FROM_CLIENT) through one of them: IK message 1 carrying our
    NoisePayload (firewall UNKNOWN, udx {version 1, id, seq 0}, secretStream {}). The
    relay forwards, the server answers with message 2 through it (or, if the relay is
    the server itself, directly).
-3. A UDX stream from a fresh UDP socket to the server: to the address we handshook with
-   if that was the server, else (server OPEN, or relayed without hole-punch relays) the
-   first public address it lists, else the address the relay saw it at. The server's
-   UDX firewall hook connects its side on our first packet.
-4. secret-stream over it: both send a header frame, then encrypted frames.
+3. The path, from a fresh UDP socket (our UDX and punch socket): to the address we
+   handshook with if that was the server; else, if the server is OPEN or lists no
+   hole-punch relays, to the first public address it lists, else to the address the
+   relay saw it at; else hole punching (punch.py, consistent NATs), and the address
+   the server's first probe came from. If punching fails, the seen address is still
+   tried (it works on one host or LAN and behind full-cone NATs).
+4. A UDX stream to that address; the server's UDX firewall hook connects its side on
+   our first packet. Then secret-stream over it: both send a header frame, then
+   encrypted frames.
 
-Not done here: the hole-punch rounds (PEER_HOLEPUNCH) a server behind a NAT needs, the
-blind-relay fallback, and the server role. A firewalled server (it lists hole-punch
-relays) is still tried at the address the relay saw, which works on one host or LAN
-and behind full-cone NATs; otherwise the error says hole punching is needed.
+Not done here: random-NAT punching strategies, the blind-relay fallback, the server role.
 
 The result is a trio HalfCloseableStream. Its UDP socket is served by a task in
 `nursery` (default: the DHT node's nursery) and closed with the connection.
@@ -41,7 +42,9 @@ from hypergate.dht.operations import DHTError
 from hypergate.dht.payloads import NoisePayload, UdxInfo
 from hypergate.errors import HypergateError
 from hypergate.hyperswarm.noise_ik import Initiator, NoiseError
+from hypergate.hyperswarm.punch import HolepunchFailed, Puncher, punch
 from hypergate.hyperswarm.secret_stream import SecretStream, SecretStreamError
+from hypergate.hyperswarm.secure_payload import SecurePayload
 from hypergate.limits import (
     HYPERSWARM_FIND_PEER_TIMEOUT_S,
     HYPERSWARM_KEEPALIVE_S,
@@ -70,9 +73,11 @@ class ConnectInfo:
     relayed: bool  # False: the relay was the server itself
     server_address: Address  # where our UDX stream goes
     server_firewall: int
-    holepunch_relays: int  # how many the server offered (we do not punch)
+    holepunch_relays: int  # how many the server offered
+    punched: bool  # the path was opened by hole punching (else: the address was tried directly)
     find_peer_s: float
     handshake_s: float
+    punch_s: float
     udx_connect_s: float  # our header sent -> the server's header received
 
 
@@ -101,7 +106,9 @@ def choose_udx_address(payload: NoisePayload, relay: Address, server_address: Ad
 class SecretStreamConnection(trio.abc.HalfCloseableStream):
     """Encrypted bytes over one UDX stream; trio Stream semantics (b"" at the peer's EOF)."""
 
-    def __init__(self, udx: UdxSocket, stream: UdxStream, secret: SecretStream, info: ConnectInfo | None) -> None:
+    def __init__(
+        self, udx: UdxSocket, stream: UdxStream | None, secret: SecretStream | None, info: ConnectInfo | None
+    ) -> None:
         self.udx = udx
         self.udx_stream = stream
         self.secret = secret
@@ -187,7 +194,10 @@ class SecretStreamConnection(trio.abc.HalfCloseableStream):
             return
         self._closed = True
         try:
-            await self.udx_stream.aclose()
+            if self.udx_stream is not None:
+                await self.udx_stream.aclose()
+            else:
+                await trio.lowlevel.checkpoint()
         finally:
             if self._scope is not None:
                 self._scope.cancel()
@@ -236,10 +246,12 @@ async def connect(
     *,
     nursery: trio.Nursery | None = None,
     relays: list[Address] | None = None,
+    holepunch: bool = True,
 ) -> SecretStreamConnection:
     """Connect to the hyperdht server listening with `server_public_key`.
 
-    `relays` skips the FIND_PEER walk (hyperdht opts.relayAddresses). Raises
+    `relays` skips the FIND_PEER walk (hyperdht opts.relayAddresses). `holepunch=False`
+    skips the hole-punch rounds and tries the server's seen address directly. Raises
     HyperswarmConnectError naming the failed step.
     """
     if len(server_public_key) != 32:
@@ -258,92 +270,122 @@ async def connect(
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         await sock.bind((node.config.host, 0))
-        udx = UdxSocket(sock)
+        puncher = Puncher(node, sock)
+        udx = UdxSocket(sock, puncher.on_datagram)
     except BaseException:
         sock.close()
         raise
+    conn = SecretStreamConnection(udx, None, None, None)
+    conn._header_done = trio.Event()
+    started = trio.Event()
+    # From here the serving task owns the socket: closing `conn` closes it.
+    if nursery is not None:
+        nursery.start_soon(conn._serve, started)
+    else:
+        node.spawn(lambda: conn._serve(started))
+    try:
+        await started.wait()
+        return await _handshake_and_open(
+            node, conn, puncher, server_public_key, key_pair, relays, holepunch, started_at, found_at
+        )
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(conn)
+        raise
+
+
+async def _handshake_and_open(
+    node: DHTNode,
+    conn: SecretStreamConnection,
+    puncher: Puncher,
+    server_public_key: bytes,
+    key_pair: crypto.KeyPair,
+    relays: list[Address],
+    holepunch: bool,
+    started_at: float,
+    found_at: float,
+) -> SecretStreamConnection:
+    short = server_public_key.hex()[:16]
+    udx = conn.udx
     local_id = udx.new_stream_id()
-    relay: Address | None = None
     initiator = Initiator(key_pair, server_public_key)
     msg1 = initiator.write_message1(
         NoisePayload(firewall=Firewall.UNKNOWN, udx=UdxInfo(id=local_id), secret_stream_version=1).encode()
     )
-    owned = True  # the socket is ours to close until a serving task takes it over
-    try:
-        reply = None
-        failures: list[str] = []
-        for relay in relays:
-            try:
-                reply = await node.peer_handshake(server_public_key, msg1, relay)
-                break
-            except DHTError as exc:
-                failures.append(f"{relay}: {exc}")
-        if reply is None:
-            raise HyperswarmConnectError(
-                f"no handshake reply from the server {short} through {len(relays)} relay(s) "
-                f"(the server is gone or unreachable): {'; '.join(failures)}"
-            )
+    reply = None
+    relay: Address | None = None
+    failures: list[str] = []
+    for relay in relays:
         try:
-            payload = NoisePayload.decode(initiator.read_message2(reply.noise))
-        except NoiseError as exc:
-            raise HyperswarmConnectError(f"server refused the handshake: {exc}") from exc
-        except Exception as exc:  # CodecError: a payload we cannot read
-            raise HyperswarmConnectError(f"server refused the handshake: unreadable payload ({exc})") from exc
-        if payload.version != 1:
-            raise HyperswarmConnectError(f"server refused the handshake: incompatible version {payload.version}")
-        if payload.error:
-            name = _SERVER_ERRORS.get(payload.error, str(payload.error))
-            raise HyperswarmConnectError(f"server refused the handshake: error {name}")
-        if payload.udx is None:
-            raise HyperswarmConnectError("server refused the handshake: it sent no UDX stream id")
-        handshake_at = trio.current_time()
-        address, needs_punch = choose_udx_address(payload, relay, reply.server_address)
-        result = initiator.result
-        secret = SecretStream(result)
-        stream = udx.open_stream(local_id, payload.udx.id, (address.host, address.port))
-        info_args = dict(
-            remote_public_key=server_public_key,
-            relay=relay,
-            relayed=reply.server_address != relay,
-            server_address=address,
-            server_firewall=payload.firewall,
-            holepunch_relays=len(payload.holepunch.relays) if payload.holepunch else 0,
-            find_peer_s=found_at - started_at,
-            handshake_s=handshake_at - found_at,
+            reply = await node.peer_handshake(server_public_key, msg1, relay)
+            break
+        except DHTError as exc:
+            failures.append(f"{relay}: {exc}")
+    if reply is None:
+        raise HyperswarmConnectError(
+            f"no handshake reply from the server {short} through {len(relays)} relay(s) "
+            f"(the server is gone or unreachable): {'; '.join(failures)}"
         )
-        conn = SecretStreamConnection(udx, stream, secret, None)
-        conn._header_done = trio.Event()
-        started = trio.Event()
-        owned = False
-        if nursery is not None:
-            nursery.start_soon(conn._serve, started)
-        else:
-            node.spawn(lambda: conn._serve(started))
-        await started.wait()
-        try:
-            with trio.move_on_after(HYPERSWARM_UDX_CONNECT_TIMEOUT_S) as timeout:
-                await conn._write(secret.header())
-                while not secret.ready:
-                    raw = await stream.receive_some()
-                    if not raw:
-                        raise HyperswarmConnectError("the server ended the UDX stream before its secret-stream header")
-                    conn._feed(raw)
-            if timeout.cancelled_caught:
-                hint = " (the server is behind a firewall: hole punching is not implemented)" if needs_punch else ""
-                raise HyperswarmConnectError(
-                    f"no route to the peer's UDX address {address} within {HYPERSWARM_UDX_CONNECT_TIMEOUT_S:.0f} s{hint}"
-                )
-        except trio.BrokenResourceError as exc:
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(conn)
-            raise HyperswarmConnectError(f"the server's secret-stream failed: {exc}") from exc
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await trio.aclose_forcefully(conn)
-            raise
-        conn.info = ConnectInfo(**info_args, udx_connect_s=trio.current_time() - handshake_at)
-        conn._header_done.set()
-        return conn
-    finally:
-        if owned:
-            udx._shutdown()  # never ran: close the socket and its duplicate
+    try:
+        payload = NoisePayload.decode(initiator.read_message2(reply.noise))
+    except NoiseError as exc:
+        raise HyperswarmConnectError(f"server refused the handshake: {exc}") from exc
+    except Exception as exc:  # CodecError: a payload we cannot read
+        raise HyperswarmConnectError(f"server refused the handshake: unreadable payload ({exc})") from exc
+    if payload.version != 1:
+        raise HyperswarmConnectError(f"server refused the handshake: incompatible version {payload.version}")
+    if payload.error:
+        name = _SERVER_ERRORS.get(payload.error, str(payload.error))
+        raise HyperswarmConnectError(f"server refused the handshake: error {name}")
+    if payload.udx is None:
+        raise HyperswarmConnectError("server refused the handshake: it sent no UDX stream id")
+    handshake_at = trio.current_time()
+    result = initiator.result
+    address, needs_punch = choose_udx_address(payload, relay, reply.server_address)
+    punched = False
+    punch_failure = ""
+    if needs_punch and holepunch:
+        secure = SecurePayload(result.holepunch_secret)
+        with trio.move_on_after(HYPERSWARM_UDX_CONNECT_TIMEOUT_S):
+            try:
+                address = await punch(puncher, server_public_key, payload.holepunch, secure, relay, reply.server_address)
+                punched = True
+            except HolepunchFailed as exc:
+                punch_failure = str(exc)
+                log.info("hyperswarm punch failed server=%s reason=%s; trying %s directly", short, exc, address)
+        if not punched and not punch_failure:
+            punch_failure = f"hole punch: no path within {HYPERSWARM_UDX_CONNECT_TIMEOUT_S:.0f} s"
+    punched_at = trio.current_time()
+    secret = SecretStream(result)
+    stream = udx.open_stream(local_id, payload.udx.id, (address.host, address.port))
+    conn.udx_stream, conn.secret = stream, secret
+    try:
+        with trio.move_on_after(HYPERSWARM_UDX_CONNECT_TIMEOUT_S) as timeout:
+            await conn._write(secret.header())
+            while not secret.ready:
+                raw = await stream.receive_some()
+                if not raw:
+                    raise HyperswarmConnectError("the server ended the UDX stream before its secret-stream header")
+                conn._feed(raw)
+    except trio.BrokenResourceError as exc:
+        raise HyperswarmConnectError(f"the server's secret-stream failed: {exc}") from exc
+    if timeout.cancelled_caught:
+        hint = f" ({punch_failure})" if punch_failure else ""
+        raise HyperswarmConnectError(
+            f"no route to the peer's UDX address {address} within {HYPERSWARM_UDX_CONNECT_TIMEOUT_S:.0f} s{hint}"
+        )
+    conn.info = ConnectInfo(
+        remote_public_key=server_public_key,
+        relay=relay,
+        relayed=reply.server_address != relay,
+        server_address=address,
+        server_firewall=payload.firewall,
+        holepunch_relays=len(payload.holepunch.relays) if payload.holepunch else 0,
+        punched=punched,
+        find_peer_s=found_at - started_at,
+        handshake_s=handshake_at - found_at,
+        punch_s=punched_at - handshake_at,
+        udx_connect_s=trio.current_time() - punched_at,
+    )
+    conn._header_done.set()
+    return conn

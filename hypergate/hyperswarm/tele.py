@@ -100,10 +100,10 @@ async def run_tele(
                 return
             info = conn.info
             log.info(
-                "event=tele_connected conn=%d client=%s:%d server=%s relay=%s relayed=%s udx=%s "
-                "find_peer_ms=%.1f handshake_ms=%.1f udx_ms=%.1f total_ms=%.1f",
-                cid, *peer[:2], short, info.relay, info.relayed, info.server_address,
-                info.find_peer_s * 1000, info.handshake_s * 1000, info.udx_connect_s * 1000,
+                "event=tele_connected conn=%d client=%s:%d server=%s relay=%s relayed=%s udx=%s punched=%s "
+                "find_peer_ms=%.1f handshake_ms=%.1f punch_ms=%.1f udx_ms=%.1f total_ms=%.1f",
+                cid, *peer[:2], short, info.relay, info.relayed, info.server_address, info.punched,
+                info.find_peer_s * 1000, info.handshake_s * 1000, info.punch_s * 1000, info.udx_connect_s * 1000,
                 (time.monotonic() - started) * 1000,
             )
             up, down, failure = await splice(tcp, conn)

@@ -5,6 +5,8 @@
 // echo: every connection gets its bytes back, and its end answered with an end.
 // pipe:PORT: every connection is piped to a new TCP connection to 127.0.0.1:PORT, as
 // hypertele-server does (one hyperdht connection = one TCP stream).
+// A "+nat" suffix (echo+nat) makes the server act as if behind a NAT: it never reports a
+// public address, so it answers handshakes as firewalled (UNKNOWN) with hole-punch relays.
 // Prints {"publicKey": hex, "host", "port"} once listening, then one {"event": ...} line
 // per connection; exits when stdin closes.
 
@@ -13,13 +15,15 @@ const DHT = require('hyperdht')
 const b4a = require('b4a')
 
 const [host, port] = process.argv[2].split(':')
-const mode = process.argv[3] || 'echo'
+const natted = (process.argv[3] || '').endsWith('+nat')
+const mode = (process.argv[3] || 'echo').replace('+nat', '')
 const seed = process.argv[4] ? b4a.from(process.argv[4], 'hex') : null
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
 
 async function main() {
   const node = new DHT({ bootstrap: [{ host, port: Number(port) }], host: '127.0.0.1' })
   await node.fullyBootstrapped()
+  if (natted) node.remoteAddress = () => null
   const keyPair = DHT.keyPair(seed || undefined)
   const server = node.createServer((socket) => {
     let received = 0

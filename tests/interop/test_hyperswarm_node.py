@@ -17,8 +17,9 @@ import pytest
 import trio
 
 from hypergate.dht.crypto import KeyPair
-from hypergate.dht.node import NodeConfig, open_dht_node
+from hypergate.dht.node import DHTNode, NodeConfig, open_dht_node
 from hypergate.hyperswarm.connect import HyperswarmConnectError, connect
+from hypergate.hyperswarm.punch import Puncher
 from tests.interop.node_support import INTEROP_DIR, require_node
 from tests.interop.test_dht_node_interop import NodeTestnet
 
@@ -296,3 +297,69 @@ async def test_tele_command_with_curl_through_the_real_hypertele_server(testnet,
             if process.returncode is None:
                 process.kill()
             nursery.cancel_scope.cancel()
+
+
+async def _echo_once(conn, message: bytes) -> bytes:
+    await conn.send_all(message)
+    await conn.send_eof()
+    reply = b""
+    while True:
+        chunk = await conn.receive_some()
+        if not chunk:
+            return reply
+        reply += chunk
+
+
+@pytest.mark.parametrize("server_fast_mode", [True, False])
+async def test_hole_punch_rounds_with_the_node_server(testnet, monkeypatch, server_fast_mode):
+    """On loopback our TTL-5 probe would reach the server, which answers it: that alone
+    opens the path. Drop it, as a real network does, so the PEER_HOLEPUNCH rounds must
+    open it. Without fast mode, also ignore the server's probes until our punch round
+    is answered: then the server's own punching (and ours) must meet."""
+    exchanges = []
+    original_exchange = DHTNode.peer_holepunch
+    original_probe = Puncher.send_probe
+    original_datagram = Puncher.on_datagram
+
+    async def peer_holepunch(self, *args, **kwargs):
+        exchanges.append(args)  # counted when sent: fast mode may open the path before the reply
+        return await original_exchange(self, *args, **kwargs)
+
+    async def send_probe(self, address, ttl=None):
+        if ttl is None:  # TTL-limited probes die on the way
+            await original_probe(self, address)
+
+    def on_datagram(self, data, source):
+        if len(data) == 1 and not server_fast_mode and len(exchanges) < 2:
+            return  # lost until our punch round is on its way (the server's fast-mode probe)
+        original_datagram(self, data, source)
+
+    monkeypatch.setattr(DHTNode, "peer_holepunch", peer_holepunch)
+    monkeypatch.setattr(Puncher, "send_probe", send_probe)
+    monkeypatch.setattr(Puncher, "on_datagram", on_datagram)
+    async with trio.open_nursery() as nursery:
+        server = await start_server(nursery, testnet, "echo+nat")
+        try:
+            async with open_dht_node(client_config(testnet)) as node:
+                with trio.fail_after(CONNECT_TIMEOUT_S):
+                    conn = await connect(node, server.public_key)
+                    assert conn.info.punched
+                    assert len(exchanges) >= (1 if server_fast_mode else 2)
+                    assert await _echo_once(conn, b"punched through") == b"punched through"
+                await conn.aclose()
+        finally:
+            await _stop(server.process)
+
+
+async def test_without_hole_punching_the_seen_address_is_tried(testnet):
+    async with trio.open_nursery() as nursery:
+        server = await start_server(nursery, testnet, "echo+nat")
+        try:
+            async with open_dht_node(client_config(testnet)) as node:
+                with trio.fail_after(CONNECT_TIMEOUT_S):
+                    conn = await connect(node, server.public_key, holepunch=False)
+                    assert not conn.info.punched
+                    assert await _echo_once(conn, b"direct") == b"direct"
+                await conn.aclose()
+        finally:
+            await _stop(server.process)

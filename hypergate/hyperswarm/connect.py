@@ -120,15 +120,20 @@ class SecretStreamConnection(trio.abc.HalfCloseableStream):
         self._closed = False
         self._last_send = trio.current_time()
         self._scope: trio.CancelScope | None = None
+        self._header_done = trio.Event()  # set once connected: keep-alives may start
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.keepalives_sent = 0
 
     def __repr__(self) -> str:
         remote = self.info.remote_public_key.hex()[:16] if self.info else "?"
         return f"<SecretStreamConnection to {remote} via {self.udx_stream!r}>"
 
-    async def _write(self, frames: bytes) -> None:
+    async def _write(self, plain: bytes | bytearray | memoryview | None) -> None:
+        """Encrypt and send under one lock: frames must leave in the order they were
+        sealed (secretstream nonces). None is the header frame."""
         async with self._send_lock:
+            frames = self.secret.header() if plain is None else self.secret.encrypt(plain)
             await self.udx_stream.send_all(frames)
             self._last_send = trio.current_time()
 
@@ -140,7 +145,7 @@ class SecretStreamConnection(trio.abc.HalfCloseableStream):
         if not data:
             await trio.lowlevel.checkpoint()
             return
-        await self._write(self.secret.encrypt(data))
+        await self._write(data)
         self.bytes_sent += len(data)
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -206,11 +211,12 @@ class SecretStreamConnection(trio.abc.HalfCloseableStream):
         """hyperdht connectionKeepAlive: an empty frame when nothing was sent for 5 s."""
         while not self._closed and not self._eof_sent:
             due = self._last_send + HYPERSWARM_KEEPALIVE_S
-            if trio.current_time() < due:
-                await trio.sleep_until(due)
+            if trio.current_time() < due or self._send_lock.locked():
+                await trio.sleep_until(max(due, trio.current_time() + 0.5))
                 continue
             try:
-                await self._write(self.secret.keepalive())
+                await self._write(b"")
+                self.keepalives_sent += 1
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
 
@@ -225,8 +231,6 @@ class SecretStreamConnection(trio.abc.HalfCloseableStream):
                 started.set()
                 await self._header_done.wait()
                 nursery.start_soon(self._keepalive)
-
-    _header_done: trio.Event
 
 
 async def _find_relays(node: DHTNode, public_key: bytes) -> list[Address]:
@@ -276,7 +280,6 @@ async def connect(
         sock.close()
         raise
     conn = SecretStreamConnection(udx, None, None, None)
-    conn._header_done = trio.Event()
     started = trio.Event()
     # From here the serving task owns the socket: closing `conn` closes it.
     if nursery is not None:
@@ -361,7 +364,7 @@ async def _handshake_and_open(
     conn.udx_stream, conn.secret = stream, secret
     try:
         with trio.move_on_after(HYPERSWARM_UDX_CONNECT_TIMEOUT_S) as timeout:
-            await conn._write(secret.header())
+            await conn._write(None)
             while not secret.ready:
                 raw = await stream.receive_some()
                 if not raw:

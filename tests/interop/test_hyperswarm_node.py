@@ -363,3 +363,32 @@ async def test_without_hole_punching_the_seen_address_is_tried(testnet):
                 await conn.aclose()
         finally:
             await _stop(server.process)
+
+
+async def test_idle_connection_keeps_alive_both_ways(testnet):
+    """hyperdht sends an empty frame after 5 s of silence (its timer may take up to
+    twice that), and so do we; both are swallowed, and the connection still carries
+    data afterwards."""
+    async with trio.open_nursery() as nursery:
+        server = await start_server(nursery, testnet)
+        try:
+            async with open_dht_node(client_config(testnet)) as node:
+                with trio.fail_after(CONNECT_TIMEOUT_S):
+                    conn = await connect(node, server.public_key)
+                received = []
+                async with trio.open_nursery() as inner:
+
+                    async def reader():
+                        while chunk := await conn.receive_some():
+                            received.append(chunk)
+
+                    inner.start_soon(reader)
+                    with trio.fail_after(CONNECT_TIMEOUT_S):
+                        while conn.secret.keepalives_received < 1 or conn.keepalives_sent < 1:
+                            await trio.sleep(0.1)
+                        await conn.send_all(b"still there")
+                        await conn.send_eof()
+                assert b"".join(received) == b"still there"
+                await conn.aclose()
+        finally:
+            await _stop(server.process)

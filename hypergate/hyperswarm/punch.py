@@ -197,7 +197,14 @@ async def punch(
             + ",".join(str(a) for a in targets)
         )
 
+    failure: list[HolepunchFailed] = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch, nursery.cancel_scope)
-        await rounds()
+        try:
+            await rounds()
+        except HolepunchFailed as exc:  # raised here, not from the nursery (no exception group)
+            failure.append(exc)
+            nursery.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
     return result[0]

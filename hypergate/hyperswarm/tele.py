@@ -98,6 +98,10 @@ async def run_tele(
                 log.warning("event=tele_connect_failed conn=%d client=%s:%d server=%s reason=%s", cid, *peer[:2], short, exc)
                 abort_socket(tcp)
                 return
+            except Exception as exc:  # one connection's bug must not end the command
+                log.exception("event=tele_connect_failed conn=%d server=%s reason=unexpected: %r", cid, short, exc)
+                abort_socket(tcp)
+                return
             info = conn.info
             log.info(
                 "event=tele_connected conn=%d client=%s:%d server=%s relay=%s relayed=%s udx=%s punched=%s "

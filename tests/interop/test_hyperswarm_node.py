@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from hypergate.dht.crypto import KeyPair
+from hypergate.dht.messages import Firewall
 from hypergate.dht.node import DHTNode, NodeConfig, open_dht_node
 from hypergate.hyperswarm.connect import HyperswarmConnectError, connect
 from hypergate.hyperswarm.punch import Puncher
@@ -389,6 +390,24 @@ async def test_idle_connection_keeps_alive_both_ways(testnet):
                         await conn.send_all(b"still there")
                         await conn.send_eof()
                 assert b"".join(received) == b"still there"
+                await conn.aclose()
+        finally:
+            await _stop(server.process)
+
+
+async def test_failed_hole_punch_falls_back_to_the_seen_address(testnet, monkeypatch):
+    async def classify(self):
+        return Firewall.RANDOM, ()  # as if our NAT randomized ports: not implemented
+
+    monkeypatch.setattr(Puncher, "classify", classify)
+    async with trio.open_nursery() as nursery:
+        server = await start_server(nursery, testnet, "echo+nat")
+        try:
+            async with open_dht_node(client_config(testnet)) as node:
+                with trio.fail_after(CONNECT_TIMEOUT_S):
+                    conn = await connect(node, server.public_key)
+                    assert not conn.info.punched and conn.info.holepunch_relays > 0
+                    assert await _echo_once(conn, b"fallback") == b"fallback"
                 await conn.aclose()
         finally:
             await _stop(server.process)

@@ -108,6 +108,11 @@ RENDEZVOUS_PUNCH_TIMEOUT_S = 8.0
 RENDEZVOUS_RELAY_HEAD_START_S = 2.0
 # A peer we failed to reach is left alone this long before the next try.
 RENDEZVOUS_DIAL_BACKOFF_S = 30.0
+# Both peers dial each other; the router keeps the link dialed by the smaller key and
+# closes the other, resetting channels already on it. The larger key lets the peer's dial
+# land first for this long (a relayed handshake and a punch, ~1 s with a multi-port
+# punch in the lab) and dials only if still unconnected.
+RENDEZVOUS_DIAL_YIELD_S = 3.0
 
 # --- policy/ and http/ (ingress policy, shaping, /unlimited, fingerprint resolver) ------
 

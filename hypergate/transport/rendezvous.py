@@ -163,6 +163,11 @@ class DhtRendezvous:
         # Whatever the path needs while the link lives (a UDX socket) runs in here.
         async with trio.open_nursery() as link_nursery:
             try:
+                if self.router.public_key > noise_key_of(public_key):
+                    # Our link would lose to the peer's (router._admit): let theirs land first.
+                    await trio.sleep(limits.RENDEZVOUS_DIAL_YIELD_S)
+                    if self.router.is_connected_to(noise_key_of(public_key)):
+                        return
                 outcome = await self._connect(record, link_nursery)
             finally:
                 self._dialing.discard(public_key)

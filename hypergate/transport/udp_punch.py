@@ -14,11 +14,13 @@ NAT at all (open). The answers come back on the punch socket, whose reader hands
 `node.handle_datagram` (first byte 0x13) so the node matches them to its requests.
 
 The punch itself follows `punch_plan.plan`. Probes are 1-byte `0x00` datagrams; a side
-answers every probe with one from the same socket. The first probe (or UDX packet) from
-the other side's host on any of our sockets picks that socket and that source; the
-losing sockets are closed. The winning socket is then given to `UdxSocket`: the client
-connects its stream to the source, the server's stream connects to whoever sends the
-first UDX packet for its id. UDX datagrams read before UDX took over are passed on.
+answers every probe with one from the same socket. On the client, the first probe (or UDX
+packet) from the other side's host on any of our sockets picks that socket and that
+source; the server picks the socket the client's first UDX packet arrives on (with many
+sockets, the first probe the client saw may have come from another one of ours than the
+first probe we saw). The losing sockets are closed, and the winner is given to
+`UdxSocket`: the client connects its stream to the source, the server's stream connects
+to whoever sent that first UDX packet. UDX datagrams read before UDX took over are passed on.
 """
 
 from __future__ import annotations
@@ -191,6 +193,8 @@ class UdpPuncher:
                 if data == PROBE:
                     counts["answers"] += 1
                     await _send(sock, source)
+                    if not initiator:
+                        continue  # the client's first UDX packet tells which socket it chose
                 elif not is_udx(data):
                     continue
                 if not result:
@@ -232,7 +236,9 @@ class UdpPuncher:
         punched = result[0] if result else None
         self._winner = punched.sock if punched else None
         self.close()
-        self._log(name, plan, theirs, counts, start, "punched" if punched else "failed",
+        # (A server whose probes were answered but that got no UDX: the client chose another path.)
+        outcome = "punched" if punched else "unused" if counts["answers"] and not initiator else "failed"
+        self._log(name, plan, theirs, counts, start, outcome,
                   sockets=len(sockets), remote=punched.remote if punched else None)
         return punched
 

@@ -249,7 +249,8 @@ async def test_consistent_and_random_nats_punch_over_udp(make_lab, cluster):
     lab = make_lab({"home": ("consistent", ["provider"]), "office": ("random", ["gateway"])})
     provider, gateway, _ = await run_case(lab, cluster, "provider", "gateway")
     paths = link_paths(provider, gateway)
-    assert paths and all("kind=punched-udp" in line for line in paths), paths
+    punches = provider.find("event=udp_punch") + gateway.find("event=udp_punch")
+    assert paths and all("kind=punched-udp" in line for line in paths), (paths, punches)
     strategies = " ".join(provider.find("event=udp_punch .*outcome=punched") + gateway.find("event=udp_punch .*outcome=punched"))
     assert "strategy=spray" in strategies and "strategy=birthday" in strategies, strategies
 

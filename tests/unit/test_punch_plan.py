@@ -95,3 +95,15 @@ def test_only_the_other_sides_hosts_are_accepted():
     assert accepts(RANDOM, ("192.0.2.9", 61000))  # any port of a random NAT
     assert accepts(CONSISTENT, ("203.0.113.1", 7))
     assert not accepts(CONSISTENT, ("203.0.113.2", 5000))
+
+
+def test_holepunch_option_values():
+    from hypergate.transport.paths import parse_holepunch
+
+    assert parse_holepunch("udp,tcp") == ("udp", "tcp")
+    assert parse_holepunch(" TCP ") == ("tcp",)
+    assert parse_holepunch("udp,udp") == ("udp",)
+    assert parse_holepunch("none") == ()
+    for bad in ["", "quic", "none,udp", "udp,,x"]:
+        with pytest.raises(ValueError, match="--holepunch"):
+            parse_holepunch(bad)

@@ -8,14 +8,15 @@ the lab's internet), a provider and a gateway are started behind the NATs, and t
 shows the path the link took (direct / punched-udp / punched-tcp / relayed), the time
 from start to the gate opening and to the first HTTP response through it, and whether a
 SHA-256-checked 8 MiB transfer (echoed: both directions at once) arrived intact, with its
-rate. Cases run with the default hole punching (udp,tcp) and some with --holepunch forced
-to one kind. The same scenario code runs in tests/netlab.
+rate, and each side's first UDP punch (strategy:probes/milliseconds). Cases run with the
+default hole punching (udp,tcp) and some with --holepunch forced to one kind. The same scenario code runs in tests/netlab.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 import trio
@@ -42,14 +43,25 @@ CASES = {
 }
 
 
+def udp_punch_figures(provider, gateway) -> str:
+    """The first successful UDP punch each side logged: strategy, probes sent, ms taken."""
+    out = []
+    for proc in (provider, gateway):
+        lines = proc.find(r"event=udp_punch .*outcome=punched")
+        if lines:
+            fields = dict(re.findall(r"(\w+)=(\S+)", lines[0]))
+            out.append(f"{fields['strategy']}:{fields['probes']}p/{fields['elapsed_ms']}ms")
+    return " ".join(out) or "-"
+
+
 async def run_one(spec, holepunch) -> dict:
     lab = Lab(spec)
     try:
         async with trio.open_nursery() as nursery:
             cluster = Cluster(nursery)
             try:
-                _, _, result = await run_case(lab, cluster, "provider", "gateway", holepunch=holepunch)
-                outcome = {"ok": True, **result}
+                provider, gateway, result = await run_case(lab, cluster, "provider", "gateway", holepunch=holepunch)
+                outcome = {"ok": True, **result, "udp_punch": udp_punch_figures(provider, gateway)}
             except (AssertionError, trio.TooSlowError) as exc:
                 outcome = {"ok": False, "error": str(exc).splitlines()[0][:120]}
             finally:
@@ -76,11 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         name = names[index]
         result = trio.run(run_one, *CASES[name])
         rows.append({"case": name, **result})
-    print(f"{'case':<48} {'path':<20} {'gate open s':>11} {'first byte s':>12} {'8 MiB sha256':>12} {'MiB/s':>7}")
+    print(f"{'case':<48} {'path':<20} {'gate open s':>11} {'first byte s':>12} {'8 MiB sha256':>12} {'MiB/s':>7}"
+          "  udp punch (provider, gateway)")
     for row in rows:
         if row["ok"]:
             print(f"{row['case']:<48} {row['path']:<20} {row['connected_after']:>11.2f} {row['first_byte_after']:>12.2f}"
-                  f" {'intact':>12} {row['bulk_mib_s']:>7.1f}")
+                  f" {'intact':>12} {row['bulk_mib_s']:>7.1f}  {row['udp_punch']}")
         else:
             print(f"{row['case']:<48} {'no path':<20} {'-':>11} {'-':>12} {'-':>12} {'-':>7}   ({row['error']})")
     if args.json:

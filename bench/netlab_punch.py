@@ -15,7 +15,9 @@ It prints successes/tries and the median time to the first datagram from the oth
 (the slower side's, counted from its own start). One-port is strict: a side accepts only
 datagrams from the exact address:port it aims at, so "none/random" fails too although
 the public host does receive the random side's packets (from another port).
-When hypergate's own hole punching lands, its figures go beside these in the same run.
+Hypergate's own UDP punch (hypergate/transport/udp_punch.py, same strategies between
+peers met on the lab's DHT) reports its figures in `bench.netlab_hypergate`'s "udp punch"
+column (strategy:probes/ms per side).
 Run time is bounded: every punch attempt has a timeout (3 s one-port, 15 s birthday).
 """
 

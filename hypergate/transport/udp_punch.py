@@ -226,13 +226,19 @@ class UdpPuncher:
                         await trio.sleep_until(next_at)
             await trio.sleep_forever()  # WAIT, or every probe sent: wait for an answer
 
-        async with trio.open_nursery() as nursery:
-            for sock in sockets:
-                nursery.start_soon(read, sock)
-            nursery.start_soon(send)
-            with trio.move_on_after(plan.timeout_s):
-                await won.wait()
-            nursery.cancel_scope.cancel()
+        over = False
+        try:
+            async with trio.open_nursery() as nursery:
+                for sock in sockets:
+                    nursery.start_soon(read, sock)
+                nursery.start_soon(send)
+                with trio.move_on_after(plan.timeout_s):
+                    await won.wait()
+                nursery.cancel_scope.cancel()
+            over = True
+        finally:
+            if not over:  # cancelled: another path won the race
+                self._log(name, plan, theirs, counts, start, "cancelled", sockets=len(sockets))
         punched = result[0] if result else None
         self._winner = punched.sock if punched else None
         self.close()

@@ -310,10 +310,13 @@ class Hypertele(Target):
                                 capture_stdout=True, cwd=self.node_dir, side="exit")
             public_key = server.read_line(P2P_READY_TIMEOUT, "hypertele:").split()[-1]
             local = free_port()
-            self.spawn(f"hypertele-{service.name}",
-                       [str(bin_dir / "hypertele"), "-p", str(local), "-s", public_key,
-                        "--bootstrap", bootstrap], cwd=self.node_dir, side="entry")
+            self.spawn(f"{self.name}-{service.name}", self._client_argv(public_key, local, bootstrap),
+                       cwd=self.node_dir, side="entry")
             self.ports[service.name] = local
+
+    def _client_argv(self, public_key: str, local_port: int, bootstrap_port: str) -> list[str]:
+        bin_dir = self.node_dir / "node_modules" / ".bin"
+        return [str(bin_dir / "hypertele"), "-p", str(local_port), "-s", public_key, "--bootstrap", bootstrap_port]
 
 
 class HypergateTele(Hypertele):
@@ -324,23 +327,6 @@ class HypergateTele(Hypertele):
     name = "hypergate-tele"
     description = "hypergate tele (Python hyperdht client) -> Node hypertele-server"
 
-    def _start(self, services: list[Service]) -> None:
-        bin_dir = self.node_dir / "node_modules" / ".bin"
-        testnet = self.spawn("hyperdht-testnet", ["node", str(self.node_dir / "testnet.js"), str(TESTNET_SIZE)],
-                             capture_stdout=True, cwd=self.node_dir)
-        bootstrap_port = testnet.read_line(P2P_READY_TIMEOUT, "bootstrap").split()[-1]
-        for service in services:
-            seed = "ab" + secrets.token_hex(31)
-            server = self.spawn(f"hypertele-server-{service.name}",
-                                [str(bin_dir / "hypertele-server"), "-l", str(service.port),
-                                 "--seed", seed, "--bootstrap", bootstrap_port],
-                                capture_stdout=True, cwd=self.node_dir, side="exit")
-            public_key = server.read_line(P2P_READY_TIMEOUT, "hypertele:").split()[-1]
-            local = free_port()
-            self.spawn(f"hypergate-tele-{service.name}",
-                       python_module("hypergate", "tele", "--connect", public_key,
-                                     "--listen", f"127.0.0.1:{local}",
-                                     "--bootstrap", f"127.0.0.1:{bootstrap_port}"),
-                       side="entry")
-            self.ports[service.name] = local
-
+    def _client_argv(self, public_key: str, local_port: int, bootstrap_port: str) -> list[str]:
+        return python_module("hypergate", "tele", "--connect", public_key, "--listen", f"127.0.0.1:{local_port}",
+                             "--bootstrap", f"127.0.0.1:{bootstrap_port}")

@@ -404,3 +404,9 @@ HYPERSWARM_PUNCH_TTL = 5
 # Both consistent: a probe to every server address each second, 10 rounds (hyperdht).
 HYPERSWARM_PUNCH_ROUNDS = 10
 HYPERSWARM_PUNCH_INTERVAL_S = 1.0
+# `hypergate tele`: how long the relay that carried the last handshake is reused instead
+# of a FIND_PEER walk per connection (records live ~20 min; a moved server costs one retry).
+TELE_RELAY_CACHE_S = 30.0
+# Tries per local connection before it is reset: a second try from a fresh FIND_PEER
+# rescues a stale relay or a lost punch race.
+TELE_CONNECT_ATTEMPTS = 2

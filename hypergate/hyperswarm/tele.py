@@ -18,7 +18,7 @@ from hypergate.dht import crypto
 from hypergate.dht.node import NodeConfig, open_dht_node
 from hypergate.errors import HypergateError
 from hypergate.hyperswarm.connect import HyperswarmConnectError, SecretStreamConnection, connect
-from hypergate.limits import SOCKET_READ_SIZE
+from hypergate.limits import SOCKET_READ_SIZE, TELE_CONNECT_ATTEMPTS, TELE_RELAY_CACHE_S
 from hypergate.roles.forwarding import abort_socket
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,44 @@ async def splice(tcp: trio.SocketStream, conn: SecretStreamConnection) -> tuple[
     return count[0], count[1], failure
 
 
+class RelayMemory:
+    """The DHT node that last relayed a handshake to the server, for a while: a burst of
+    local connections then skips one FIND_PEER walk each (hyperdht's `relayAddresses`)."""
+
+    def __init__(self) -> None:
+        self._relay = None
+        self._until = 0.0
+
+    def get(self) -> list | None:
+        if self._relay is not None and trio.current_time() < self._until:
+            return [self._relay]
+        return None
+
+    def remember(self, relay) -> None:
+        self._relay, self._until = relay, trio.current_time() + TELE_RELAY_CACHE_S
+
+    def forget(self) -> None:
+        self._relay = None
+
+
+async def connect_with_retry(node, server_public_key: bytes, key_pair, memory: RelayMemory) -> SecretStreamConnection:
+    """A remembered relay first; on failure (the server moved, a punch lost its race),
+    forget it and try again from a fresh FIND_PEER, up to TELE_CONNECT_ATTEMPTS in all."""
+    for attempt in range(1, TELE_CONNECT_ATTEMPTS + 1):
+        relays = memory.get()
+        try:
+            conn = await connect(node, server_public_key, key_pair, relays=relays)
+        except HyperswarmConnectError as exc:
+            memory.forget()
+            if attempt == TELE_CONNECT_ATTEMPTS:
+                raise
+            log.info("event=tele_connect_retry attempt=%d reason=%s", attempt, exc)
+            continue
+        memory.remember(conn.info.relay)
+        return conn
+    raise AssertionError("unreachable")
+
+
 async def run_tele(
     server_public_key: bytes,
     host: str,
@@ -85,6 +123,7 @@ async def run_tele(
         log.info("event=tele_listening listen=%s:%d server=%s", bound[0], bound[1], short)
         task_status.started(bound)
         serial = 0
+        memory = RelayMemory()
 
         async def handle(tcp: trio.SocketStream) -> None:
             nonlocal serial
@@ -93,7 +132,7 @@ async def run_tele(
             peer = tcp.socket.getpeername()
             started = time.monotonic()
             try:
-                conn = await connect(node, server_public_key, key_pair)
+                conn = await connect_with_retry(node, server_public_key, key_pair, memory)
             except (HyperswarmConnectError, HypergateError) as exc:
                 log.warning("event=tele_connect_failed conn=%d client=%s:%d server=%s reason=%s", cid, *peer[:2], short, exc)
                 abort_socket(tcp)

@@ -19,6 +19,7 @@ from hypergate.dht.encoding import Address, CodecError, encode_ipv4_address
 from hypergate.dht.messages import (
     Announce,
     Command,
+    Firewall,
     Handshake,
     HandshakeMode,
     Holepunch,
@@ -26,7 +27,7 @@ from hypergate.dht.messages import (
     LookupReply,
     PeerRecord,
 )
-from hypergate.dht.nat import NatSampler
+from hypergate.dht.nat import FirewallClassifier, NatSampler
 from hypergate.dht.query import Candidate, DownHint, IterativeQuery, QueryReply
 from hypergate.dht.routing_table import K
 from hypergate.errors import HypergateError
@@ -218,6 +219,59 @@ async def commit_announce(
     return accepted
 
 
+def probe_targets(node: DHTNode, count: int) -> list[Address]:
+    """Up to `count` distinct DHT nodes to ask how they see us: the most recently seen
+    table nodes first, then the bootstrap nodes."""
+    targets = [n.address for n in node.table.latest(count)]
+    for address in node.bootstrap_addresses:
+        if len(targets) >= count:
+            break
+        if address not in targets:
+            targets.append(address)
+    return targets
+
+
+@attrs.frozen
+class SocketNat:
+    """How DHT nodes see one of our sockets: its firewall class, the addresses a peer
+    should aim at (the public address when open; the classifier's otherwise; none when
+    unknown), and how many of the nodes asked answered."""
+
+    firewall: Firewall
+    addresses: tuple[Address, ...]
+    answers: int
+    asked: int
+
+
+async def classify_socket(node: DHTNode, sock, *, nodes: int, timeout_s: float) -> SocketNat:
+    """hyperdht's per-socket NAT check (holepuncher.js): PINGs from `sock` to up to
+    `nodes` DHT nodes, each awaited at most half of `timeout_s`, all within it. The caller
+    makes sure answers reaching `sock` are passed to `node.handle_datagram`."""
+    classifier = FirewallClassifier(node.firewalled)
+    samples: list[Address] = []
+    targets = probe_targets(node, nodes)
+
+    async def ping(to: Address) -> None:
+        try:
+            response, source = await node.request(
+                to, InternalCommand.PING, internal=True, sock=sock, retries=1, timeout_s=timeout_s / 2
+            )
+        except DHTError:
+            return
+        samples.append(response.to)
+        classifier.add((response.to.host, response.to.port), (source.host, source.port))
+
+    with trio.move_on_after(timeout_s):
+        async with trio.open_nursery() as nursery:
+            for target in targets:
+                nursery.start_soon(ping, target)
+    if classifier.firewall == Firewall.OPEN:
+        addresses: tuple[Address, ...] = (max(set(samples), key=samples.count),) if samples else ()
+    else:
+        addresses = tuple(Address(host, port) for host, port in classifier.addresses or ())
+    return SocketNat(classifier.firewall, addresses, len(samples), len(targets))
+
+
 async def check_reachable(node: DHTNode) -> NatSampler | None:
     """How the network sees our server socket, or None if firewalled (dht-rpc _checkIfFirewalled).
 
@@ -226,12 +280,7 @@ async def check_reachable(node: DHTNode) -> NatSampler | None:
     host we already sampled, at the server socket's own port. The returned samples then
     describe the server socket (the node's own samples described the client socket).
     """
-    probes = [n.address for n in node.table.latest(DHT_FIREWALL_PROBES)]
-    for address in node.bootstrap_addresses:
-        if len(probes) >= DHT_FIREWALL_PROBES:
-            break
-        if address not in probes:
-            probes.append(address)
+    probes = probe_targets(node, DHT_FIREWALL_PROBES)
     if not probes:
         return None
     port = node.address.port

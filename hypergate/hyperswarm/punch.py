@@ -25,10 +25,9 @@ import socket
 import trio
 
 from hypergate.dht.encoding import Address
-from hypergate.dht.messages import Firewall, InternalCommand
-from hypergate.dht.nat import FirewallClassifier
+from hypergate.dht.messages import Firewall
 from hypergate.dht.node import DHTNode
-from hypergate.dht.operations import DHTError
+from hypergate.dht.operations import DHTError, classify_socket
 from hypergate.dht.payloads import HolepunchInfo, HolepunchPayload, RelayInfo
 from hypergate.errors import HypergateError
 from hypergate.hyperswarm.secure_payload import SecurePayload
@@ -83,35 +82,12 @@ class Puncher:
                     pass
 
     async def classify(self) -> tuple[int, tuple[Address, ...]]:
-        """How DHT nodes see the punch socket: (firewall class, advertised addresses)."""
-        classifier = FirewallClassifier(self.node.firewalled)
-        samples: list[Address] = []
-        targets: list[Address] = []
-        for address in [n.address for n in reversed(list(self.node.table))] + list(self.node.bootstrap_addresses):
-            if address not in targets:
-                targets.append(address)
-        targets = targets[:HYPERSWARM_CLASSIFY_NODES]
-
-        async def ping(to: Address) -> None:
-            try:
-                response, source = await self.node.request(
-                    to, InternalCommand.PING, internal=True, sock=self.sock, retries=1,
-                    timeout_s=HYPERSWARM_CLASSIFY_TIMEOUT_S / 2,
-                )
-            except DHTError:
-                return
-            samples.append(response.to)
-            classifier.add((response.to.host, response.to.port), (source.host, source.port))
-
-        with trio.move_on_after(HYPERSWARM_CLASSIFY_TIMEOUT_S):
-            async with trio.open_nursery() as nursery:
-                for target in targets:
-                    nursery.start_soon(ping, target)
-        if classifier.firewall == Firewall.OPEN:
-            addresses = (max(set(samples), key=samples.count),) if samples else ()
-        else:
-            addresses = tuple(Address(h, p) for h, p in classifier.addresses or ())
-        return classifier.firewall, addresses
+        """How DHT nodes see the punch socket: (firewall class, advertised addresses).
+        Answers reach `on_datagram` through the UDX socket's reader."""
+        nat = await classify_socket(
+            self.node, self.sock, nodes=HYPERSWARM_CLASSIFY_NODES, timeout_s=HYPERSWARM_CLASSIFY_TIMEOUT_S
+        )
+        return nat.firewall, nat.addresses
 
 
 def _pick_server_relay(relays: tuple[RelayInfo, ...], our_relay: Address) -> RelayInfo:

@@ -35,9 +35,9 @@ import trio
 
 from .. import limits
 from ..dht.encoding import Address
-from ..dht.messages import Firewall, InternalCommand
-from ..dht.nat import FirewallClassifier
-from ..dht.node import DHTError, DHTNode
+from ..dht.messages import Firewall
+from ..dht.node import DHTNode
+from ..dht.operations import classify_socket
 from ..udx.packet import is_udx
 from ..udx.socket import UdxSocket
 from ..wire.rendezvous import UdpPunchInfo
@@ -92,14 +92,6 @@ class UdpPuncher:
 
     # --- classification -------------------------------------------------------------
 
-    def _classify_targets(self) -> list[Address]:
-        """Distinct DHT nodes to PING: the most recently seen table nodes, then bootstrap."""
-        found: list[Address] = []
-        for address in [n.address for n in reversed(list(self.node.table))] + list(self.node.bootstrap_addresses):
-            if address not in found:
-                found.append(address)
-        return found[: limits.UDP_PUNCH_CLASSIFY_NODES]
-
     async def prepare(self, timeout_s: float) -> UdpPunchInfo | None:
         """Bind a socket and classify it; `info` stays None when that fails."""
         start = trio.current_time()
@@ -107,39 +99,18 @@ class UdpPuncher:
         self._sockets.append(sock)
         await sock.bind(("0.0.0.0", 0))
         self.sock = sock
-        classifier = FirewallClassifier(self.node.firewalled)
-        samples: list[tuple[str, int]] = []
-        targets = self._classify_targets()
-
-        async def ping(to: Address) -> None:
-            try:
-                response, source = await self.node.request(
-                    to, InternalCommand.PING, internal=True, sock=sock, retries=1, timeout_s=timeout_s / 2
-                )
-            except DHTError:
-                return
-            seen = (response.to.host, response.to.port)
-            samples.append(seen)
-            classifier.add(seen, (source.host, source.port))
-
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._read_dht_only, sock)
-            with trio.move_on_after(timeout_s):
-                async with trio.open_nursery() as pings:
-                    for target in targets:
-                        pings.start_soon(ping, target)
+            nat = await classify_socket(self.node, sock, nodes=limits.UDP_PUNCH_CLASSIFY_NODES, timeout_s=timeout_s)
             nursery.cancel_scope.cancel()
-        firewall = _FIREWALL_NAMES[classifier.firewall]
-        if firewall == "open":
-            addresses = [max(set(samples), key=samples.count)] if samples else []
-        else:
-            addresses = list(classifier.addresses or [])
+        firewall = _FIREWALL_NAMES[nat.firewall]
+        addresses = [(a.host, a.port) for a in nat.addresses]
         if firewall == "unknown" or not addresses:
             firewall, addresses = "unknown", []
         self.info = UdpPunchInfo(firewall, tuple(addresses[:4]), self.stream_id)
         log.info(
             "event=udp_punch_socket firewall=%s addresses=%s answers=%d of=%d elapsed_ms=%d",
-            firewall, ",".join(f"{h}:{p}" for h, p in addresses) or "-", len(samples), len(targets),
+            firewall, ",".join(f"{h}:{p}" for h, p in addresses) or "-", nat.answers, nat.asked,
             (trio.current_time() - start) * 1000,
         )
         return self.info if firewall != "unknown" else None

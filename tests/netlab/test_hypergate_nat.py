@@ -126,6 +126,7 @@ async def run_case(lab, cluster, provider_host: str, gateway_host: str, relay: b
     assert bulk.stdout.strip() == "OK", (bulk.stdout, bulk.stderr)
     paths = provider.find("event=link_path") + gateway.find("event=link_path")
     return provider, gateway, {
+        "secret": secret, "bootstrap": bootstrap, "relay_args": relay_args,
         "http": gate_http, "echo": gate_echo, "connected_after": connected_after,
         "first_byte_after": first_byte_after,
         # Echoed: the bytes cross the link both ways at once (includes the client's start-up).
@@ -220,10 +221,18 @@ async def test_link_over_udp_recovers_after_the_nat_forgets_its_mappings(make_la
 async def test_a_dead_udp_path_ends_the_link_and_the_peers_meet_again(make_lab, cluster):
     """UDP between the two NATs stops for good: the UDX stream gives up (retransmits of the
     keepalive go unanswered), the link ends, the peers look each other up again and, the
-    UDP punch failing now, meet at the relay; new channels work."""
-    lab = make_lab({"home": ("consistent", ["provider"]), "office": ("consistent", ["gateway"])})
+    UDP punch failing now, meet at the relay; new channels work. The provider's link to a
+    second, public gateway is untouched throughout."""
+    lab = make_lab({
+        "home": ("consistent", ["provider"]), "office": ("consistent", ["gateway"]), "dc": ("none", ["gateway2"]),
+    })
     provider, gateway, gates = await run_case(lab, cluster, "provider", "gateway", holepunch="udp")
     assert all("kind=punched-udp" in line for line in link_paths(provider, gateway))
+    other = await cluster.start(
+        "--router", gates["secret"], "--gateway", "--bootstrap", gates["bootstrap"], *gates["relay_args"],
+        prefix=lab.argv("gateway2"), name="gateway2@dc",
+    )
+    await other.wait_for(rf"gate={gates['http']}/tcp event=gate_open", timeout=90)
     office = lab.nat("office").public_address
     for direction in ("saddr", "daddr"):
         await trio.to_thread.run_sync(lambda d=direction: lab.exec(
@@ -242,6 +251,12 @@ async def test_a_dead_udp_path_ends_the_link_and_the_peers_meet_again(make_lab, 
                          "--retry-delay", "2", f"http://127.0.0.1:{gates['http']}/", check=False, timeout=120)
     )
     assert page.returncode == 0 and "Directory listing" in page.stdout, (page.stderr, gateway.lines[-20:])
+    # The other peer's link never dropped, and it still carries new channels.
+    assert other.find("event=peer_connected") and not other.find("event=peer_disconnected"), other.lines[-20:]
+    page = await trio.to_thread.run_sync(
+        lambda: lab.exec("gateway2", "curl", "-sS", "-m", "20", f"http://127.0.0.1:{gates['http']}/", check=False)
+    )
+    assert page.returncode == 0 and "Directory listing" in page.stdout, (page.stderr, other.lines[-20:])
 
 
 async def test_consistent_and_random_nats_punch_over_udp(make_lab, cluster):

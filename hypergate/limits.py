@@ -66,12 +66,6 @@ EARLY_DATA_MAX = 16 * 1024
 SERVICE_CONNECT_TIMEOUT_S = 10.0
 # Bytes read from a local socket at once: one data frame's worth.
 SOCKET_READ_SIZE = MAX_FRAME_PAYLOAD
-# A bulk connection (its reads keep coming back full) reads up to this much at once, as
-# the frames of one record: per read, per record and per wakeup costs are what bound a
-# single stream's throughput, not the cipher. 7 full frames and their headers fit one
-# record (MAX_RECORD_SIZE) with room for control frames; an unshaped direction only
-# (shaped ones keep reads of one bucket chunk).
-SOCKET_READ_MAX = 7 * MAX_FRAME_PAYLOAD
 # UDP: a flow with no datagram in either direction for this long is closed.
 UDP_IDLE_TIMEOUT_S = 300.0
 # UDP flows one gate keeps at once; past it, datagrams of new client addresses are dropped

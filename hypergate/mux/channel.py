@@ -165,28 +165,17 @@ class Channel:
         view = memoryview(data)
         if not view.readonly:
             view = memoryview(bytes(view))
-        session = self.session
         while view:
             self._check_sendable()
-            # Every frame the windows allow now is queued with the session corked, so a
-            # large read leaves as one record (one seal, one write), not one per frame.
-            # The caller's buffer holds these bytes anyway: queueing all of it costs no
-            # memory; the writer still takes one frame per channel in turn.
-            session.cork()
-            try:
-                while view:
-                    n = session._reserve_send(self, len(view))
-                    if n == 0:
-                        break
-                    self.bytes_out += n
-                    session._queue_data(self, view[:n])  # a view: no copy
-                    view = view[n:]
-            finally:
-                session.uncork()
-            if view and self.reset_reason is None and not self._can_reserve():
+            n = self.session._reserve_send(self, len(view))
+            if n == 0:
                 await self._wait_for_credit()
+                continue
+            self.bytes_out += n
+            self.session._queue_data(self, view[:n])  # a view: no copy
+            view = view[n:]
             # Backpressure: at most a couple of frames wait for the writer per channel.
-            while session.queued_for(self) > CHANNEL_WRITE_QUEUE and self.reset_reason is None:
+            while self.session.queued_for(self) > CHANNEL_WRITE_QUEUE and self.reset_reason is None:
                 await self._wait_for_credit()
 
     def try_send_datagram(self, datagram: bytes) -> bool:
@@ -211,9 +200,6 @@ class Channel:
             raise ChannelReset(self.reset_reason)
         if self.local_fin:
             raise ChannelError(f"{self!r}: send after half-close")
-
-    def _can_reserve(self) -> bool:
-        return self.send_window.available > 0 and self.session.send_window.available > 0
 
     async def _wait_for_credit(self) -> None:
         if self._send_progress is None:

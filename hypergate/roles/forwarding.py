@@ -141,24 +141,12 @@ async def splice_tcp(
 
     async def socket_to_channel() -> None:
         reader = DrainAwareReader(sock)
-        size = read_size
-        # Unshaped: a read that comes back full doubles the next one (up to a record's
-        # worth of frames), a short one halves it back towards one frame, so interactive
-        # connections keep small reads and bulk ones pay per-read costs 7 times less.
-        grow = not inbound.limited
         try:
             while True:
-                data = await reader.read(size)
+                data = await reader.read(read_size)
                 if not data:
                     await channel.send_eof()
                     return
-                if grow:
-                    got = len(data)
-                    if got == size:
-                        if size < limits.SOCKET_READ_MAX:
-                            size = min(size * 2, limits.SOCKET_READ_MAX)
-                    elif size > read_size and got * 2 < size:
-                        size = max(size // 2, read_size)
                 if inbound.limited:
                     delay = inbound.charge(len(data))
                     if delay > 0:

@@ -188,8 +188,9 @@ class Node:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             self.dht_node = node
+            if self.config.relay_serve is not None and not self.router.hello.relay:
+                self._offer_relay_at_public_address(node)
             rendezvous = DhtRendezvous(self.router, node, self.config.relay_url, self.config.holepunch)
-            self._use_relays(rendezvous, node)
             await nursery.start(rendezvous.run)
             task_status.started()
 
@@ -203,37 +204,26 @@ class Node:
         self.relay_bound_port = await nursery.start(functools.partial(serve_relay, host, port))
         url = self.config.relay_advertise
         if url is None and host not in ("0.0.0.0", "::"):
-            url = f"ws://{host if ':' not in host else '[' + host + ']'}:{self.relay_bound_port}/"
+            url = f"ws://{PeerAddress(host, self.relay_bound_port)}/"
         if url is not None:
             self.router.offer_relay(url)
             log.info("event=relay_offered_to_peers relay=%s", url)
 
-    def _use_relays(self, rendezvous, node) -> None:
-        """Where we wait for clients that cannot reach us: the --relay we were given, else
-        our own relay, else the first relay another peer of this router offers."""
-        if self.config.relay_serve is not None and not self.router.hello.relay:
-            public = node.remote_address()
-            if public is not None and not node.firewalled:
-                self.router.offer_relay(f"ws://{public.host}:{self.relay_bound_port}/")
-                log.info("event=relay_offered_to_peers relay=%s", self.router.hello.relay)
-            else:
-                # Behind a NAT the port is likely unreachable; offering it would only
-                # send peers to a dead end.
-                log.warning(
-                    "event=relay_not_offered reason='no public address (behind a NAT?); "
-                    "give --relayAdvertise URL if the port is reachable'"
-                )
-        if rendezvous.relay_url is None and self.router.hello.relay:
-            rendezvous.relay_url = self.router.hello.relay
-
-        def adopt(url: str) -> None:
-            if rendezvous.relay_url is None:
-                rendezvous.relay_url = url
-                log.info("event=relay_adopted relay=%s", url)
-
-        self.router.relay_listeners.append(adopt)
-        for url in self.router.offered_relays:
-            adopt(url)
+    def _offer_relay_at_public_address(self, node) -> None:
+        """--relayServe on a wildcard address: offer it where the DHT sees us, if we are
+        reachable there."""
+        public = node.remote_address()
+        if public is not None and not node.firewalled:
+            url = f"ws://{PeerAddress(public.host, self.relay_bound_port)}/"
+            self.router.offer_relay(url)
+            log.info("event=relay_offered_to_peers relay=%s", url)
+        else:
+            # Behind a NAT the port is likely unreachable; offering it would only send
+            # peers to a dead end.
+            log.warning(
+                "event=relay_not_offered reason='no public address (behind a NAT?); "
+                "give --relayAdvertise URL if the port is reachable'"
+            )
 
     # --- Docker mode ----------------------------------------------------------------
 

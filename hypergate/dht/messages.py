@@ -55,6 +55,11 @@ class RpcError(enum.IntEnum):
     SEQ_TOO_LOW = 17
 
 
+# hyperdht's hole-punch probe: one zero byte on the punch socket (opens our NAT's
+# mapping; the first one from the other side shows the path).
+HOLEPUNCH_PROBE = b"\x00"
+
+
 class Firewall(enum.IntEnum):
     UNKNOWN = 0
     OPEN = 1

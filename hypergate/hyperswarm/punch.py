@@ -25,7 +25,7 @@ import socket
 import trio
 
 from hypergate.dht.encoding import Address
-from hypergate.dht.messages import Firewall
+from hypergate.dht.messages import HOLEPUNCH_PROBE as PROBE, Firewall
 from hypergate.dht.node import DHTNode
 from hypergate.dht.operations import DHTError, classify_socket
 from hypergate.dht.payloads import HolepunchInfo, HolepunchPayload, RelayInfo
@@ -41,7 +41,6 @@ from hypergate.limits import (
 
 log = logging.getLogger(__name__)
 
-PROBE = b"\x00"
 _DEFAULT_TTL = 64
 
 

@@ -73,8 +73,9 @@ class DhtRendezvous:
         self.node = node
         # Which hole punches we try (and offer): "udp", "tcp".
         self.holepunch = frozenset(holepunch)
-        # A WebSocket relay where we also wait for clients that reach us no other way.
-        self.relay_url = relay_url
+        # A WebSocket relay where we also wait for clients that reach us no other way: the
+        # one we were given, else the one we offer, else the first another peer offers.
+        self.relay_url = relay_url or router.hello.relay or None
         signing_key = router.identity.signing_key
         self.key_pair = KeyPair(bytes(signing_key.verify_key), signing_key)
         self.topic = router.keys.topic
@@ -86,6 +87,14 @@ class DhtRendezvous:
         self._nursery: trio.Nursery | None = None
         router.resume_link = self.resume
         router.lost_listeners.append(self.peer_lost)
+        router.relay_listeners.append(self._adopt_relay)
+        for url in router.offered_relays:
+            self._adopt_relay(url)
+
+    def _adopt_relay(self, url: str) -> None:
+        if self.relay_url is None:
+            self.relay_url = url
+            log.info("event=relay_adopted relay=%s", url)
 
     async def run(self, *, task_status: trio.TaskStatus = trio.TASK_STATUS_IGNORED) -> None:
         self.node.add_server(self.key_pair, self._on_handshake, None)

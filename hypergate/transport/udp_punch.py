@@ -35,7 +35,7 @@ import trio
 
 from .. import limits
 from ..dht.encoding import Address
-from ..dht.messages import Firewall
+from ..dht.messages import HOLEPUNCH_PROBE as PROBE, Firewall
 from ..dht.node import DHTNode
 from ..dht.operations import classify_socket
 from ..udx.packet import is_udx
@@ -46,7 +46,6 @@ from .punch_plan import Strategy
 
 log = logging.getLogger(__name__)
 
-PROBE = b"\x00"
 _DHT_RESPONSE = 0x13
 _RECV_SIZE = 2048
 _FIREWALL_NAMES = {

@@ -38,20 +38,19 @@ async def test_random_nats_meet_at_the_relay_a_public_peer_offers(make_lab, clus
     hub_services = f'[{{"gatePort":{gate_hub},"serviceHost":"127.0.0.1","servicePort":{HTTP_PORT}}}]'
     # No punch opens two random NATs, so the relay is the only way; the hub is a
     # provider too, so the gateway keeps a link to it.
-    no_punch = ()
     hub = await cluster.start(
         "--router", secret, "--provider", hub_services, "--bootstrap", bootstrap,
-        "--relayServe", str(HUB_RELAY_PORT), *no_punch, prefix=lab.argv("hub"), name="hub",
+        "--relayServe", str(HUB_RELAY_PORT), prefix=lab.argv("hub"), name="hub",
     )
     await hub.wait_for("event=relay_offered_to_peers", timeout=30)
     hub_address = lab.host("hub").address
     assert hub.find(rf"relay=ws://{hub_address}:{HUB_RELAY_PORT}/")
     provider = await cluster.start(
-        "--router", secret, "--provider", services, "--bootstrap", bootstrap, *no_punch,
+        "--router", secret, "--provider", services, "--bootstrap", bootstrap,
         prefix=lab.argv("provider"), name="provider",
     )
     gateway = await cluster.start(
-        "--router", secret, "--gateway", "--bootstrap", bootstrap, *no_punch,
+        "--router", secret, "--gateway", "--bootstrap", bootstrap,
         prefix=lab.argv("gateway"), name="gateway",
     )
     # The provider learns the relay from the hub's hello although two providers keep no link.

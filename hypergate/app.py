@@ -12,6 +12,7 @@ import trio
 from . import limits
 from .config import Service
 from .crypto.keys import RouterKeys
+from .crypto.suites import CipherSuite
 from .http.fingerprint_resolver import (
     FingerprintEntry,
     FingerprintRegistry,
@@ -70,6 +71,9 @@ class NodeConfig:
     relay_advertise: str | None = None
     # Hole punches tried with peers met on the DHT ("udp", "tcp"; empty: none).
     holepunch: tuple[str, ...] = ("udp", "tcp")
+    # The cipher suite offered on links we dial (None: AES-GCM where the CPU has AES
+    # instructions, else ChaCha20-Poly1305); either is accepted from a dialling peer.
+    cipher: CipherSuite | None = None
 
 
 @attrs.define
@@ -113,6 +117,7 @@ class Node:
             peer_port=config.peer_port,
             peers=list(config.peers),
             name=config.name,
+            cipher=config.cipher,
         )
         return cls(
             router, provider, gateway, config,

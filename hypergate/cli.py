@@ -19,6 +19,7 @@ from . import __version__
 from .app import Node, NodeConfig
 from .config import load_filters, load_services
 from .crypto.keys import new_router_secret, parse_router_secret
+from .crypto.suites import parse_cipher
 from .docker.engine import DEFAULT_SOCKET as DEFAULT_DOCKER_SOCKET
 from .errors import ConfigError, HypergateError
 from .policy.source import PolicySource
@@ -160,6 +161,10 @@ def _gateway_option(value: str | None) -> tuple[bool, str | None]:
     "--holepunch", "holepunch", default="udp,tcp", show_default=True, metavar="LIST", envvar=_env("HOLEPUNCH"),
     help="Hole punches tried with peers met on the DHT: udp (link over UDX), tcp (simultaneous open), both, or none.",
 )
+@click.option(
+    "--cipher", "cipher", default="auto", show_default=True, metavar="SUITE", envvar=_env("CIPHER"),
+    help="Cipher offered on links this node dials: aesgcm, chachapoly, or auto (aesgcm where the CPU has AES instructions). Either is accepted from peers.",
+)
 @click.option("--scan", "scan_topic", default=None, metavar="TOPIC", envvar=_env("SCAN"), help="List the peers announced under a topic (hex) on the DHT, then exit.")
 @click.option("--verbose", is_flag=True, envvar=_env("VERBOSE"), help="Debug logging.")
 @click.pass_context
@@ -194,6 +199,7 @@ async def main_group(
     relay_serve: str | None,
     relay_advertise: str | None,
     holepunch: str,
+    cipher: str,
     scan_topic: str | None,
     verbose: bool,
 ) -> None:
@@ -233,6 +239,10 @@ async def main_group(
         raise ConfigError(f"--relayAdvertise: expected a ws:// or wss:// URL, got {relay_advertise!r}")
     relay_listen = _relay_serve_option(relay_serve) if relay_serve is not None else None
     holepunch_kinds = _holepunch_option(holepunch)
+    try:
+        cipher_suite = parse_cipher(cipher)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     # Direct mode (explicit addresses) needs no DHT; anything else finds peers on it.
     use_dht = bool(bootstrap) or (peer_port is None and not peer_addresses)
     if use_dht and peer_port is None:
@@ -276,6 +286,7 @@ async def main_group(
         relay_serve=relay_listen,
         relay_advertise=relay_advertise,
         holepunch=holepunch_kinds,
+        cipher=cipher_suite,
     )
     if relay_listen is not None and config.dht_bootstrap is None and relay_advertise is None and relay_listen[0] in ("0.0.0.0", "::"):
         raise ConfigError("--relayServe: without the DHT we cannot tell our public address; give --relayAdvertise URL or a HOST")

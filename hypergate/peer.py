@@ -15,6 +15,7 @@ import trio
 from . import limits
 from .crypto.keys import LinkIdentity, RouterKeys
 from .crypto.secure_link import SecureLink, establish_link
+from .crypto.suites import CipherSuite
 from .errors import HandshakeError
 from .mux.channel import Channel
 from .mux.session import MuxSession
@@ -83,12 +84,13 @@ async def run_peer(
     *,
     identity: LinkIdentity,
     router_keys: RouterKeys,
+    suite: CipherSuite | None = None,
     **kwargs,
 ) -> None:
     """Handshake over `stream`, then serve the peer (see `run_link`)."""
     try:
         link = await establish_link(
-            stream, initiator=peer.initiator, identity=identity, router=router_keys
+            stream, initiator=peer.initiator, identity=identity, router=router_keys, suite=suite
         )
     except HandshakeError as exc:
         log.warning("peer=%s event=handshake_rejected reason=%r", peer.address, str(exc))
@@ -157,8 +159,9 @@ async def run_link(
                 return
             admitted = True
             log.info(
-                "peer=%s event=peer_connected provider=%s gateway=%s initiator=%s",
+                "peer=%s event=peer_connected provider=%s gateway=%s initiator=%s cipher=%s",
                 peer.name, peer.is_provider, peer.is_gateway, peer.initiator,
+                link.suite,
             )
             peer.ready.set()
             try:

@@ -1,11 +1,13 @@
 """Noise XX handshake with the router's pre-shared key (sans-IO).
 
-`Noise_XXpsk3_25519_ChaChaPoly_BLAKE2b`: both sides prove a static key, and the psk
+`Noise_XXpsk3_25519_<cipher>_BLAKE2b`: both sides prove a static key, and the psk
 (derived from the router secret) is mixed in at the third message, so a peer without the
-secret cannot complete the handshake and never sees a transport key.
+secret cannot complete the handshake and never sees a transport key. The cipher is the
+initiator's choice (`suites.py`): message 1's body is `suite id (1) || Noise message`.
 
 On the byte stream each handshake message is framed as `MAGIC (4) || length:u16 || body`;
-the magic lets us tell "not a hypergate peer" apart from "wrong secret" in the logs.
+the magic lets us tell "not a hypergate peer" apart from "wrong secret" in the logs, and
+an older hypergate (link protocol v1) apart from both.
 The first message's payload carries the topic hint (public), so a responder can say
 "different router secret" before spending a Diffie-Hellman on the peer.
 """
@@ -20,10 +22,11 @@ from noise.connection import Keypair, NoiseConnection
 from .. import limits
 from ..errors import HandshakeError
 from .keys import LinkIdentity, RouterKeys
+from .suites import SUITES_BY_ID, CipherSuite, auto_suite
 
-PROTOCOL_NAME = b"Noise_XXpsk3_25519_ChaChaPoly_BLAKE2b"
-PROLOGUE = b"hypergate link v1"
-MAGIC = b"HGL1"
+PROLOGUE = b"hypergate link v2"
+MAGIC = b"HGL2"
+_V1_MAGIC = b"HGL1"  # hypergate before cipher negotiation
 _LEN = struct.Struct(">H")
 FRAME_OVERHEAD = len(MAGIC) + _LEN.size
 
@@ -35,6 +38,7 @@ class WrongRouterSecret(HandshakeError):
 @attrs.frozen(repr=False)
 class HandshakeResult:
     remote_static: bytes  # the peer's X25519 static key: its identity on this link
+    suite: CipherSuite
     send_key: bytes
     recv_key: bytes
     handshake_hash: bytes  # unique per link; binds anything signed to this session
@@ -46,6 +50,11 @@ def frame_message(body: bytes) -> bytes:
 
 def parse_frame_header(header: bytes) -> int:
     """Length of the body that follows a 6-byte handshake frame header."""
+    if header[: len(MAGIC)] == _V1_MAGIC:
+        raise HandshakeError(
+            "the peer runs an older hypergate (link protocol v1, no cipher negotiation): "
+            "run the same version on both ends"
+        )
     if header[: len(MAGIC)] != MAGIC:
         raise HandshakeError("not a hypergate peer (bad handshake magic)")
     (length,) = _LEN.unpack_from(header, len(MAGIC))
@@ -58,25 +67,43 @@ class NoiseHandshake:
     """Three messages: initiator writes 1, responder writes 2, initiator writes 3.
 
     Use `next_outgoing()` when `wants_write`, `receive(body)` otherwise, until `done`.
+    The initiator offers `suite` (default: what this CPU runs fastest); the responder
+    takes whichever suite message 1 names (its own `suite` is ignored).
     """
 
-    def __init__(self, *, initiator: bool, identity: LinkIdentity, router: RouterKeys) -> None:
+    def __init__(
+        self,
+        *,
+        initiator: bool,
+        identity: LinkIdentity,
+        router: RouterKeys,
+        suite: CipherSuite | None = None,
+    ) -> None:
         self.initiator = initiator
         self._router = router
-        self._noise = NoiseConnection.from_name(PROTOCOL_NAME)
+        self._identity = identity
+        self._noise: NoiseConnection | None = None
+        self._state = None
+        self.suite: CipherSuite | None = None
         if initiator:
-            self._noise.set_as_initiator()
-        else:
-            self._noise.set_as_responder()
-        self._noise.set_keypair_from_private_bytes(Keypair.STATIC, identity.noise_private)
-        self._noise.set_psks(psk=router.link_psk)
-        self._noise.set_prologue(PROLOGUE)
-        self._noise.start_handshake()
-        # Keep the handshake state: the library drops it once the last message is read,
-        # and the responder learns the initiator's static key only in that message.
-        self._state = self._noise.noise_protocol.handshake_state
+            self._start(suite or auto_suite())
         self._step = 0  # messages processed so far
         self.result: HandshakeResult | None = None
+
+    def _start(self, suite: CipherSuite) -> None:
+        self.suite = suite
+        noise = self._noise = NoiseConnection.from_name(suite.noise_name)
+        if self.initiator:
+            noise.set_as_initiator()
+        else:
+            noise.set_as_responder()
+        noise.set_keypair_from_private_bytes(Keypair.STATIC, self._identity.noise_private)
+        noise.set_psks(psk=self._router.link_psk)
+        noise.set_prologue(PROLOGUE)
+        noise.start_handshake()
+        # Keep the handshake state: the library drops it once the last message is read,
+        # and the responder learns the initiator's static key only in that message.
+        self._state = noise.noise_protocol.handshake_state
 
     @property
     def done(self) -> bool:
@@ -90,14 +117,27 @@ class NoiseHandshake:
     def next_outgoing(self) -> bytes:
         if not self.wants_write:
             raise HandshakeError("handshake: not our turn to write")
-        payload = self._router.topic_hint if self._step == 0 else b""
-        body = bytes(self._noise.write_message(payload))
+        if self._step == 0:
+            body = bytes([self.suite.id]) + bytes(self._noise.write_message(self._router.topic_hint))
+        else:
+            body = bytes(self._noise.write_message(b""))
         self._advance()
         return frame_message(body)
 
     def receive(self, body: bytes) -> None:
         if self.done or self.wants_write:
             raise HandshakeError("handshake: unexpected message")
+        if self._step == 0:
+            if not body:
+                raise HandshakeError("malformed handshake message 1: empty")
+            suite = SUITES_BY_ID.get(body[0])
+            if suite is None:
+                raise HandshakeError(
+                    f"the peer chose cipher suite {body[0]}, which this hypergate does not know "
+                    "(run the same version on both ends)"
+                )
+            self._start(suite)
+            body = body[1:]
         try:
             payload = bytes(self._noise.read_message(body))
         except Exception as exc:  # noise and cryptography share no base class (InvalidTag, ...)
@@ -105,6 +145,13 @@ class NoiseHandshake:
                 # Message 3 is the first one keyed by the psk.
                 raise WrongRouterSecret(
                     "handshake failed at message 3: the peer does not hold this router secret"
+                ) from None
+            if self._step == 0:
+                # psk modes key message 1's payload by the protocol name (which names the
+                # suite) and the ephemeral key: a changed suite byte fails right here.
+                raise HandshakeError(
+                    "handshake message 1 failed to authenticate: altered on the way "
+                    f"(cipher suite {self.suite.name} as received), or not a hypergate peer"
                 ) from None
             raise HandshakeError(
                 f"malformed handshake message {self._step + 1}: {type(exc).__name__} {exc}"
@@ -119,6 +166,7 @@ class NoiseHandshake:
             proto = self._noise.noise_protocol
             self.result = HandshakeResult(
                 remote_static=self._state.rs.public_bytes,
+                suite=self.suite,
                 send_key=proto.cipher_state_encrypt.k,
                 recv_key=proto.cipher_state_decrypt.k,
                 handshake_hash=proto.handshake_hash,

@@ -1,8 +1,9 @@
 """The encrypted record layer of a peer link (sans-IO).
 
 After the Noise handshake, each direction is a sequence of records:
-`length:u32 (big-endian) || ChaCha20-Poly1305(key, nonce = counter, plaintext)`, with the
-nonce laid out as Noise does (4 zero bytes, 64-bit little-endian counter). Records are
+`length:u32 (big-endian) || AEAD(key, nonce = counter, plaintext)`, with the handshake's
+cipher (ChaCha20-Poly1305 or AES-256-GCM, `suites.py`) and the nonce laid out as Noise
+does for it (4 zero bytes, 64-bit counter). Records are
 larger than Noise transport messages (1 MiB vs 64 KiB) because one AEAD call per record
 is what keeps the cost per byte low; the length itself is authenticated as associated
 data, so a truncated or spliced record fails to open.
@@ -18,13 +19,12 @@ from __future__ import annotations
 import struct
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from .. import limits
 from ..errors import ProtocolError
+from .suites import CHACHAPOLY, CipherSuite
 
 _LEN = struct.Struct(">I")
-_NONCE = struct.Struct("<4xQ")  # Noise: 4 zero bytes, then the counter, little-endian
 TAG_SIZE = 16
 LENGTH_SIZE = _LEN.size
 MAX_PLAINTEXT = limits.MAX_RECORD_SIZE - TAG_SIZE
@@ -43,8 +43,9 @@ def record_length(buf, pos: int = 0) -> int:
 
 
 class RecordSealer:
-    def __init__(self, key: bytes) -> None:
-        self._aead = ChaCha20Poly1305(key)
+    def __init__(self, key: bytes, suite: CipherSuite = CHACHAPOLY) -> None:
+        self._aead = suite.aead(key)
+        self._nonce = suite.nonce.pack
         self._counter = 0
         # One record at a time is being written to the link, so one buffer suffices.
         self._out = memoryview(bytearray(LENGTH_SIZE + limits.MAX_RECORD_SIZE))
@@ -58,7 +59,7 @@ class RecordSealer:
         end = LENGTH_SIZE + size + TAG_SIZE
         _LEN.pack_into(out, 0, size + TAG_SIZE)
         self._aead.encrypt_into(
-            _NONCE.pack(self._counter), plaintext, out[:LENGTH_SIZE], out[LENGTH_SIZE:end]
+            self._nonce(self._counter), plaintext, out[:LENGTH_SIZE], out[LENGTH_SIZE:end]
         )
         self._counter += 1
         return out[:end]
@@ -71,15 +72,16 @@ class RecordOpener:
     """Opens records in order. `feed` buffers arbitrary chunks (handy for tests and for
     streams that are not sockets); `open` takes one whole record already in a buffer."""
 
-    def __init__(self, key: bytes) -> None:
-        self._aead = ChaCha20Poly1305(key)
+    def __init__(self, key: bytes, suite: CipherSuite = CHACHAPOLY) -> None:
+        self._aead = suite.aead(key)
+        self._nonce = suite.nonce.pack
         self._counter = 0
         self._buf = bytearray()
 
     def open(self, header, ciphertext) -> bytes:
         """Decrypt one record: `header` is its 4-byte length, `ciphertext` the rest."""
         try:
-            plaintext = self._aead.decrypt(_NONCE.pack(self._counter), ciphertext, header)
+            plaintext = self._aead.decrypt(self._nonce(self._counter), ciphertext, header)
         except InvalidTag:
             raise RecordError("record failed authentication (corrupted or forged)") from None
         self._counter += 1

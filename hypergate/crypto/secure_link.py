@@ -15,6 +15,7 @@ from .. import limits
 from ..errors import HandshakeError, ProtocolError
 from .handshake import FRAME_OVERHEAD, HandshakeResult, NoiseHandshake, parse_frame_header
 from .keys import LinkIdentity, RouterKeys
+from .suites import CipherSuite
 from .records import LENGTH_SIZE, MAX_PLAINTEXT, RecordOpener, RecordSealer, record_length
 from ..sockio import DrainAwareReader
 
@@ -67,8 +68,9 @@ class SecureLink:
         self.remote_static = result.remote_static
         self.handshake_hash = result.handshake_hash
         self.initiator = initiator
-        self._sealer = RecordSealer(result.send_key)
-        self._opener = RecordOpener(result.recv_key)
+        self.suite = result.suite
+        self._sealer = RecordSealer(result.send_key, result.suite)
+        self._opener = RecordOpener(result.recv_key, result.suite)
         # Direct socket access (send without a checkpoint, recv_into) needs a socket; any
         # other stream (memory streams in tests, future relays) takes the generic path.
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
@@ -184,10 +186,12 @@ async def establish_link(
     initiator: bool,
     identity: LinkIdentity,
     router: RouterKeys,
+    suite: CipherSuite | None = None,
     timeout: float = limits.HANDSHAKE_TIMEOUT_S,
 ) -> SecureLink:
-    """Run the handshake; raises HandshakeError (with a reason fit for a log line)."""
-    handshake = NoiseHandshake(initiator=initiator, identity=identity, router=router)
+    """Run the handshake (offering `suite` when we dial); raises HandshakeError (with a
+    reason fit for a log line)."""
+    handshake = NoiseHandshake(initiator=initiator, identity=identity, router=router, suite=suite)
     reader = _BufferedReader(stream)
     try:
         with trio.fail_after(timeout):

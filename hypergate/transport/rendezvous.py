@@ -199,7 +199,9 @@ class DhtRendezvous:
             return None
         for relay in relays:
             session_id = os.urandom(rv.SESSION_ID_SIZE)
-            handshake = NoiseHandshake(initiator=True, identity=self.router.identity, router=self.router.keys)
+            handshake = NoiseHandshake(
+                initiator=True, identity=self.router.identity, router=self.router.keys, suite=self.router.cipher
+            )
             punch_sock, my_punch = await self._tcp_punch_socket()
             udp = UdpPuncher(self.node) if "udp" in self.holepunch else None
             try:

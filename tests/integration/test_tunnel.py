@@ -97,6 +97,33 @@ async def test_hundred_concurrent_transfers_arrive_intact(cluster, nursery):
     assert sorted(received) == sorted(sent)  # and the service saw every byte exactly once
 
 
+@pytest.mark.parametrize("cipher", ["aesgcm", "chachapoly"])
+async def test_the_dialling_sides_cipher_carries_an_intact_transfer(cluster, nursery, cipher):
+    echo_port = await nursery.start(tcp_echo_server)
+    gate, peer_port, secret = free_port(), free_port(), new_secret()
+    other = "chachapoly" if cipher == "aesgcm" else "aesgcm"
+    # The provider prefers the other suite: the gateway dials (--peer), so its choice wins.
+    provider = await cluster.provider(
+        secret, services((gate, "127.0.0.1", echo_port, "tcp")), peer_port, "--cipher", other
+    )
+    gateway = await cluster.gateway(secret, peer_port, extra=("--cipher", cipher))
+    await gateway.wait_for(gate_open(gate))
+    for node in (provider, gateway):
+        await node.wait_for(rf"event=peer_connected .*initiator=\w+ cipher={cipher}")
+    payload = os.urandom(3 * 1024 * 1024 + 7)
+    stream = await trio.open_tcp_stream("127.0.0.1", gate)
+    async with stream:
+        async def upload():
+            await stream.send_all(payload)
+            await stream.send_eof()
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as inner:
+                inner.start_soon(upload)
+                back = await read_all(stream)
+    assert hashlib.sha256(back).digest() == hashlib.sha256(payload).digest()
+
+
 async def test_half_close_still_delivers_the_whole_reply(cluster, nursery):
     port = await nursery.start(request_then_reply_server)
     gate, peer_port, secret = free_port(), free_port(), new_secret()
@@ -330,6 +357,12 @@ def test_bad_service_file_is_one_line_naming_file_field_and_value(tmp_path):
     result = run_cli("--router", "ab" * 32, "--provider", str(path))
     assert result.returncode == 2
     assert result.stderr.strip() == f"hypergate: error: {path}: servicePort must be a port number 1-65535, got 99999 @ $[0]"
+
+
+def test_bad_cipher_is_one_clear_error():
+    result = run_cli("--router", "ab" * 32, "--gateway", env={"HYPERGATE_CIPHER": "rc4"})
+    assert result.returncode == 2
+    assert "hypergate: error: --cipher: expected one of auto, chachapoly, aesgcm, got 'rc4'" in result.stderr
 
 
 def test_bad_secret_is_refused_without_echoing_it():

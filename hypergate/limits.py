@@ -20,13 +20,14 @@ DIAL_TIMEOUT_S = 10.0
 
 # --- mux/ ------------------------------------------------------------------------------
 
-# Largest payload of one data frame (and one socket read, SOCKET_READ_SIZE). Per-frame
-# Python cost is now a few percent of a bulk transfer (py-spy: the rest is socket
-# syscalls and the AEAD), and 256 KiB or 512 KiB frames measured the same as 128 KiB
-# within the noise of a shared 2-core machine (tunnel MB per CPU-second, 5 alternating
-# runs each); so the smaller frame wins on fairness: another channel's frame waits
-# behind at most ~0.1-0.3 ms of a bulk channel's per round.
-MAX_FRAME_PAYLOAD = 128 * 1024
+# Largest payload of one data frame (and one socket read, SOCKET_READ_SIZE). What a bulk
+# transfer pays per frame (a read, a wakeup, a seal, a write, trio's bookkeeping) is
+# about a third of the tunnel's CPU once the cipher is AES-GCM, so larger frames pay:
+# 256 KiB against 128 KiB, same-run A/B (`bench/throughput.py`, alternating, 5 s each):
+# one stream 4.0-4.2 -> 4.4-4.5 Gbit/s up (3 of 3), 3.8-4.4 -> 4.5-5.2 down (4 of 4);
+# 8 streams within the noise. Fairness: another channel's frame waits behind at most
+# one bulk frame per busy channel, ~0.5 ms at these rates.
+MAX_FRAME_PAYLOAD = 256 * 1024
 # Every channel starts with this receive window (yamux's 256 KiB default).
 INITIAL_CHANNEL_WINDOW = 256 * 1024
 # Auto-tuning doubles a busy channel's window up to this, so one bulk channel is not

@@ -67,6 +67,10 @@ EARLY_DATA_MAX = 16 * 1024
 SERVICE_CONNECT_TIMEOUT_S = 10.0
 # Bytes read from a local socket at once: one data frame's worth.
 SOCKET_READ_SIZE = MAX_FRAME_PAYLOAD
+# A socket is read straight into the link's record buffer (no bytes object per read, no
+# copy) only while both windows have at least this much room; less, and the ordinary
+# path queues what was read and waits for credit.
+DIRECT_SEND_MIN = 16 * 1024
 # UDP: a flow with no datagram in either direction for this long is closed.
 UDP_IDLE_TIMEOUT_S = 300.0
 # UDP flows one gate keeps at once; past it, datagrams of new client addresses are dropped

@@ -10,6 +10,7 @@ Per small message this saves a failed recv and a run-loop pass.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import trio
 
@@ -45,6 +46,30 @@ class DrainAwareReader:
             await trio.lowlevel.checkpoint()
         self._drained = len(data) < size
         return data
+
+    async def read_with(self, read: Callable[[int, int], int], size: int) -> int:
+        """`read(fd, size)` does the read itself (e.g. straight into a record buffer) and
+        returns the byte count, raising BlockingIOError when there is nothing; the same
+        waits and yields as `read`."""
+        sock = self._sock
+        waited = False
+        if self._drained:
+            await trio.lowlevel.wait_readable(sock)
+            waited = True
+        while True:
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("the socket is closed")
+            try:
+                got = read(fd, size)
+                break
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                waited = True
+        if not waited:
+            await trio.lowlevel.checkpoint()
+        self._drained = got < size
+        return got
 
     async def read_into(self, target: memoryview) -> int:
         sock = self._sock

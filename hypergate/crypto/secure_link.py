@@ -89,6 +89,11 @@ class SecureLink:
     # --- sending --------------------------------------------------------------------
 
     @property
+    def writes_directly(self) -> bool:
+        """Records go to a socket with `send_now` (else every send goes through trio)."""
+        return self._socket is not None
+
+    @property
     def can_send_now(self) -> bool:
         return self._socket is not None and self.pending is None
 

@@ -178,6 +178,24 @@ class Channel:
             while self.session.queued_for(self) > CHANNEL_WRITE_QUEUE and self.reset_reason is None:
                 await self._wait_for_credit()
 
+    def can_send_direct(self) -> bool:
+        return self.session.can_send_direct(self)
+
+    async def wait_to_send_direct(self) -> bool:
+        """Wait while the link is busy (see `MuxSession.direct_send_should_wait`);
+        True when it waited."""
+        session = self.session
+        if not session.direct_send_should_wait(self):
+            return False
+        while session.direct_send_should_wait(self):
+            await session.wait_for_link()
+        return True
+
+    def send_direct(self, fd: int, size: int) -> int:
+        """Send what a socket has, read straight into the link's record (see
+        `MuxSession.send_direct`); only when `can_send_direct()`."""
+        return self.session.send_direct(self, fd, size)
+
     def try_send_datagram(self, datagram: bytes) -> bool:
         """For UDP flows: send one whole datagram now, or drop it (False) when the windows
         or the write queue are full; datagrams are never delayed behind a full window."""

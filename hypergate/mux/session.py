@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -358,6 +359,70 @@ class MuxSession:
 
     def _queue_reset(self, channel: Channel, reason: ResetReason) -> None:
         self._queue_control(encode_frame(FrameType.RESET, channel.id, payload=msgs.encode_reset(reason)))
+
+    def direct_send_should_wait(self, channel: Channel) -> bool:
+        """A direct sender (`send_direct`) should wait for the link rather than queue:
+        the link writes to a socket and is busy with a record or with queued frames,
+        and this channel may still send. Its data then stays in the kernel's socket
+        buffer (backpressure to its sender) instead of in a queue here."""
+        return (
+            getattr(self.link, "writes_directly", False)
+            and (self._writing or self._flushing or bool(self._control) or bool(self._ready)
+                 or not self.link.can_send_now)
+            and not self.closed
+            and channel.reset_reason is None
+            and not channel.local_fin
+        )
+
+    async def wait_for_link(self) -> None:
+        """Until the writer finished a batch, a channel went away, or the session closed."""
+        await self._progress.park()
+
+    def can_send_direct(self, channel: Channel) -> bool:
+        """Whether `send_direct` may run now: the link is idle with nothing queued (so no
+        other channel's frames are passed over) and the windows have room."""
+        return (
+            not self._control
+            and not self._ready
+            and not self._writing
+            and not self._flushing
+            and not self._corked
+            and not self.closed
+            and self.link.can_send_now
+            and channel.send_window.available >= limits.DIRECT_SEND_MIN
+            and self.send_window.available >= limits.DIRECT_SEND_MIN
+            and channel.reset_reason is None
+            and not channel.local_fin
+        )
+
+    def send_direct(self, channel: Channel, fd: int, size: int) -> int:
+        """Read up to `size` bytes from the socket `fd` straight into the record buffer
+        behind a DATA header, then seal and write the record: no intermediate object, no
+        copy, no queue. Only when `can_send_direct`. Returns the bytes sent (0: the socket
+        reached EOF); BlockingIOError when it has nothing to read."""
+        size = min(
+            size, channel.send_window.available, self.send_window.available,
+            limits.MAX_FRAME_PAYLOAD, len(self._plain) - HEADER.size,
+        )
+        got = os.readv(fd, [self._plain_view[HEADER.size : HEADER.size + size]])
+        if not got:
+            return 0
+        channel.send_window.spend(got)
+        self.send_window.spend(got)
+        channel.bytes_out += got
+        HEADER.pack_into(self._plain, 0, VERSION, FrameType.DATA, 0, channel.id, got)
+        link = self.link
+        self._flushing = True
+        try:
+            link.send_now(self._plain_view[: HEADER.size + got])
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._fail(ConnectionError(f"link write failed: {exc}"))
+            return got  # the session is closed: the channel learns it from its reset
+        finally:
+            self._flushing = False
+        if not link.can_send_now:  # the socket took part of it: the writer sends the rest
+            self._writer_wakeup.set()
+        return got
 
     def queued_for(self, channel: Channel) -> int:
         return self._queued.get(channel, 0)

@@ -32,6 +32,18 @@ from hypergate.udx.scoreboard import Scoreboard, SentPacket
 _U32 = 0xFFFFFFFF
 # type, data_offset, (id skipped), rwnd, seq, ack: the header from byte 2 on
 _FIELDS = struct.Struct("<BB4xIII")
+# A dead peer is declared after this much silence as well as UDX_MAX_RTO_EXPIRIES: what
+# those expiries take from the initial RTO (Linux bounds tcp_retries2 by time likewise).
+# By count alone a 200 ms-RTO stream gave up after 11 s, not 15, and a live peer behind
+# 25% loss each way loses 8 round trips in a row about once in 750 stalls; the extra
+# retransmissions in the same silence make that ~5x rarer. 1 ms absorbs float sums.
+_GIVE_UP_AFTER_S = (
+    sum(
+        min(limits.UDX_INITIAL_RTO_S * 2**i, max(limits.UDX_INITIAL_RTO_S, limits.UDX_RTO_BACKOFF_CAP_S))
+        for i in range(limits.UDX_MAX_RTO_EXPIRIES)
+    )
+    - 0.001
+)
 
 
 class UdxConnection:
@@ -512,8 +524,8 @@ class UdxConnection:
             return
         self._rto_expiries += 1
         self.stats["rto_expiries"] += 1
-        if self._rto_expiries >= limits.UDX_MAX_RTO_EXPIRIES:
-            waited = now - (self._stalled_since if self._stalled_since is not None else now)
+        waited = now - (self._stalled_since if self._stalled_since is not None else now)
+        if self._rto_expiries >= limits.UDX_MAX_RTO_EXPIRIES and waited >= _GIVE_UP_AFTER_S:
             self._fail(
                 f"UDX peer {self.peer_label} stopped acknowledging: "
                 f"{self._rto_expiries} retransmission timeouts over {waited:.1f} s"

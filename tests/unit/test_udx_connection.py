@@ -93,7 +93,8 @@ class Network:
             candidates = [d for d in (e.conn.next_deadline for e in self.ends.values()) if d is not None]
             if self.in_flight:
                 candidates.append(self.in_flight[0][0])
-            assert candidates, "deadlock: nothing in flight and no timer armed"
+            failed = {name: end.conn.error for name, end in self.ends.items() if end.conn.error}
+            assert candidates, f"deadlock: nothing in flight and no timer armed; failed: {failed}"
             self.now = max(self.now, min(candidates))
             assert self.now <= limit_s, f"not done after {limit_s} virtual seconds"
             while self.in_flight and self.in_flight[0][0] <= self.now:
@@ -198,6 +199,20 @@ def test_silent_peer_times_out_with_a_reason_within_bounded_time():
     assert a.conn.error.startswith("UDX peer 10.0.0.2:4000 stopped acknowledging: 8 retransmission timeouts over")
     assert 8 <= net.now <= 20  # 1+2+2+2+2+2+2+2 s of backoff, capped at 2 s
     assert a.conn.next_deadline is None
+
+
+def test_short_rtt_stream_waits_out_as_much_silence_as_a_fresh_one():
+    a, b = pair(b"hello", b"", a_end=False, b_end=False)
+    net = Network(a, b)
+    net.run(lambda: a.conn.snd_una == 1)
+    assert a.conn.rtt.rto < 0.5  # sampled: backoff starts from the 200 ms floor, not 1 s
+    net.filter = lambda source, packet, index: True
+    a.outgoing = memoryview(b"anyone?")
+    start = net.now
+    net.run(lambda: a.conn.error is not None, limit_s=60)
+    # More retransmissions than a 1 s RTO gets into the same silence, not 8 within 11 s.
+    assert a.conn.stats["rto_expiries"] > limits.UDX_MAX_RTO_EXPIRIES
+    assert 15 <= net.now - start <= 20
 
 
 def test_window_is_respected_and_reading_reopens_it():
@@ -354,6 +369,10 @@ def test_garbage_after_a_valid_header_never_raises_anything_but_packet_errors(ta
 
 
 @settings(max_examples=150, deadline=None)
+# Found by hypothesis: the END and all its ACKs were lost 9 round trips running, and by
+# expiry count alone the live peer was declared dead after 11 s (the budget itself is
+# tested by test_short_rtt_stream_waits_out_as_much_silence_as_a_fresh_one).
+@example(seed=352, a_size=117505, b_size=0, drop=0.25, duplicate=0.05, jitter=0.05, receive_buffer=8 * 1024)
 # Found by hand: the first flight overruns an 8 KiB window, the out-of-order part fills
 # the buffer, and the packet filling the hole must still be taken.
 @example(seed=1, a_size=120_000, b_size=60_000, drop=0.25, duplicate=0.05, jitter=0.05, receive_buffer=8 * 1024)
@@ -371,10 +390,16 @@ def test_any_network_delivers_both_ways_intact(seed, a_size, b_size, drop, dupli
     a_data, b_data = rng.randbytes(a_size), rng.randbytes(b_size)
     a, b = pair(a_data, b_data, receive_buffer=receive_buffer)
     net = Network(a, b, seed=seed, drop=drop, duplicate=duplicate, delay=0.02, jitter=jitter)
-    net.run(
-        lambda: a.conn.eof_received and b.conn.eof_received and a.conn.end_acked and b.conn.end_acked,
-        limit_s=600,
-    )
+    # At 25% loss each way a round trip fails 7 times in 16, so any fixed retry budget
+    # runs out now and then on a live peer (8 in a row: once in ~750 stalls), and the
+    # stream rightly fails. The property is about recovery, not that budget (tested on
+    # its own above): give it one that this network never exhausts.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(limits, "UDX_MAX_RTO_EXPIRIES", 40)
+        net.run(
+            lambda: a.conn.eof_received and b.conn.eof_received and a.conn.end_acked and b.conn.end_acked,
+            limit_s=600,
+        )
     assert a.conn.error is None and b.conn.error is None
     assert bytes(b.received) == a_data
     assert bytes(a.received) == b_data

@@ -9,7 +9,8 @@ Whoever queues a frame while the link is idle writes it at once, without a task 
 (`_kick`): a small message costs one record and no wakeup, which is what latency and
 connection rate need. When the socket does not take a whole record, the writer task takes
 over and coalesces everything queued meanwhile into large records, which is what bulk
-throughput needs.
+throughput needs. A bulk sender on a socket link skips the queue altogether while the
+link is idle: its socket is read straight into the record buffer (`send_direct`).
 
 Reading: frames are dispatched inline; data lands in the channel's inbox, bounded by the
 channel's receive window. A peer that breaks the framing or overruns a window loses the
@@ -39,6 +40,7 @@ from ..wire.frames import (
     encode_frame,
 )
 from ..wire.messages import Message, OpenRequest, ResetCode, ResetReason
+from .assembly import assemble_record
 from .channel import CHANNEL_WRITE_QUEUE, Channel, ChannelReset
 from .flow import ReceiveWindow, SendWindow
 
@@ -428,51 +430,7 @@ class MuxSession:
         return self._queued.get(channel, 0)
 
     def _assemble(self) -> int:
-        """Move queued frames into the plaintext buffer, control first, then one data
-        frame per channel in turn, until the next one does not fit. Returns the size
-        (0 only when the first control frame alone is larger than a record)."""
-        buf = self._plain
-        limit = len(buf)
-        pos = 0
-        control = self._control
-        while control:
-            frame = control[0]
-            end = pos + len(frame)
-            if end > limit:
-                break
-            control.popleft()
-            buf[pos:end] = frame
-            pos = end
-        ready, outq, queued = self._ready, self._outq, self._queued
-        pack_into = HEADER.pack_into
-        while ready and pos + 12 <= limit and not control:
-            channel = ready[0]
-            queue = outq.get(channel)
-            if not queue:
-                ready.popleft()
-                outq.pop(channel, None)
-                queued.pop(channel, None)
-                continue
-            flags, payload = queue[0]
-            size = len(payload)
-            body = pos + 12
-            end = body + size
-            if end > limit:
-                break
-            ready.popleft()
-            queue.popleft()
-            pack_into(buf, pos, VERSION, FrameType.DATA, flags, channel.id, size)
-            if size:
-                buf[body:end] = payload
-            pos = end
-            if queue:
-                queued[channel] -= size
-                ready.append(channel)
-            else:
-                del outq[channel]
-                del queued[channel]
-            channel._credit_changed()
-        return pos
+        return assemble_record(self._plain, self._control, self._ready, self._outq, self._queued)
 
     async def _writer(self) -> None:
         link = self.link

@@ -185,11 +185,11 @@ class Channel:
         """Wait while the link is busy (see `MuxSession.direct_send_should_wait`);
         True when it waited."""
         session = self.session
-        if not session.direct_send_should_wait(self):
-            return False
+        waited = False
         while session.direct_send_should_wait(self):
             await session.wait_for_link()
-        return True
+            waited = True
+        return waited
 
     def send_direct(self, fd: int, size: int) -> int:
         """Send what a socket has, read straight into the link's record (see

@@ -1,6 +1,9 @@
-"""In-memory peer links for tests: real handshake and mux, no sockets, MockClock-friendly."""
+"""Peer links for tests: real handshake and mux, in memory (no sockets, MockClock-friendly)
+or over a real socket pair."""
 
 from __future__ import annotations
+
+import socket
 
 import trio
 import trio.testing
@@ -57,3 +60,24 @@ async def echo_handler(channel):
             await channel.send_eof()
             return
         await channel.send(data)
+
+
+async def socket_links(buffer: int | None = None):
+    """Two linked SecureLinks over a real socket pair (small kernel buffers on request,
+    so writes come back partial and the write-later path runs)."""
+    left, right = trio.socket.socketpair()
+    if buffer:
+        for sock in (left, right):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+    links = {}
+
+    async def side(name, sock, initiator):
+        links[name] = await establish_link(
+            trio.SocketStream(sock), initiator=initiator, identity=LinkIdentity.generate(), router=KEYS
+        )
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(side, "a", left, True)
+        nursery.start_soon(side, "b", right, False)
+    return links["a"], links["b"]

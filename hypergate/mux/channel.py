@@ -148,6 +148,11 @@ class Channel:
         """receive() would return at once: data waits, or the peer's FIN, or a reset."""
         return bool(self._inbox) or self.remote_fin or self.reset_reason is not None
 
+    @property
+    def at_eof(self) -> bool:
+        """receive() would return b"" at once: the peer's FIN came after all its data."""
+        return self.remote_fin and not self._inbox and self.reset_reason is None
+
     def _wake(self) -> None:
         if self._inbox_changed is not None:
             self._inbox_changed.unpark_all()
@@ -196,14 +201,15 @@ class Channel:
         `MuxSession.send_direct`); only when `can_send_direct()`."""
         return self.session.send_direct(self, fd, size)
 
-    def try_send_datagram(self, datagram: bytes) -> bool:
-        """For UDP flows: send one whole datagram now, or drop it (False) when the windows
-        or the write queue are full; datagrams are never delayed behind a full window."""
+    def try_send_whole(self, data: bytes) -> bool:
+        """Queue all of `data` now, or nothing (False) when the windows or the write queue
+        are full. For UDP flows, which drop a datagram rather than delay it behind a full
+        window, and for a client's first bytes, sent in one record with the OPEN."""
         self._check_sendable()
-        if not self.session._try_reserve_whole(self, len(datagram)):
+        if not self.session._try_reserve_whole(self, len(data)):
             return False
-        self.bytes_out += len(datagram)
-        self.session._queue_data(self, datagram)
+        self.bytes_out += len(data)
+        self.session._queue_data(self, data)
         return True
 
     async def send_eof(self) -> None:

@@ -15,31 +15,10 @@ from hypergate.mux.session import MuxSession
 from hypergate.wire.frames import FrameDecoder, FrameType, encode_frame
 from hypergate.wire.messages import OpenRequest
 
-from ..mux_harness import KEYS, echo_handler, read_all
+from ..mux_harness import echo_handler, read_all, socket_links
 
 KEY = bytes(range(32))
 REQ = OpenRequest(gatePort=80, protocol="tcp")
-
-
-async def socket_links(buffer: int | None = None):
-    """Two linked SecureLinks over a real socket pair (small kernel buffers on request,
-    so writes come back partial and the write-later path runs)."""
-    left, right = trio.socket.socketpair()
-    if buffer:
-        for sock in (left, right):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
-    links = {}
-
-    async def side(name, sock, initiator):
-        links[name] = await establish_link(
-            trio.SocketStream(sock), initiator=initiator, identity=LinkIdentity.generate(), router=KEYS
-        )
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(side, "a", left, True)
-        nursery.start_soon(side, "b", right, False)
-    return links["a"], links["b"]
 
 
 def test_sealed_records_open_in_order_and_the_buffer_is_reused():
@@ -199,6 +178,36 @@ async def test_splice_passes_a_backlog_in_order_then_half_closes_both_ways(nurse
     while "upload" not in received:
         await trio.testing.wait_all_tasks_blocked()
     assert received["upload"] == upload
+
+
+async def test_a_fin_with_nothing_before_it_half_closes_and_the_other_way_stays_open(nursery):
+    """The peer's FIN alone is passed on from the session's reader (no task started for
+    it): the local end reads EOF at once, and can still send its whole answer."""
+    from hypergate.roles.forwarding import splice_tcp
+
+    from ..mux_harness import linked_sessions
+
+    client, local = trio.socket.socketpair()
+    answer = os.urandom(500_000)
+    received = {}
+    finished = trio.Event()
+
+    async def remote(channel):
+        channel.accept()
+        await channel.send_eof()
+        received["answer"] = await read_all(channel)
+        finished.set()
+
+    a, _ = await linked_sessions(nursery, on_channel_b=remote)
+    channel = await a.open_channel(REQ)
+    nursery.start_soon(splice_tcp, trio.SocketStream(local), channel)
+    client_stream = trio.SocketStream(client)
+    with trio.fail_after(10):
+        assert await client_stream.receive_some(100) == b""
+        await client_stream.send_all(answer)
+        await client_stream.send_eof()
+        await finished.wait()
+    assert received["answer"] == answer
 
 
 async def test_spliced_uploads_go_straight_into_records_and_wait_for_a_busy_link(nursery):

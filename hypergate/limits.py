@@ -65,6 +65,8 @@ OPEN_TOTAL_TIMEOUT_S = 60.0
 # initial window (INITIAL_CHANNEL_WINDOW), so sending them never waits for credit.
 EARLY_DATA_MAX = 16 * 1024
 SERVICE_CONNECT_TIMEOUT_S = 10.0
+# Connections a gate accepts per wakeup before letting the accepted ones run.
+ACCEPT_BATCH = 64
 # Bytes read from a local socket at once: one data frame's worth.
 SOCKET_READ_SIZE = MAX_FRAME_PAYLOAD
 # A socket is read straight into the link's record buffer (no bytes object per read, no

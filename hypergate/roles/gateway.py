@@ -24,6 +24,7 @@ from ..http.fingerprint_resolver import make_fingerprint
 from ..mux.channel import Channel, ChannelReset
 from ..peer import PeerConnection
 from ..policy.token_bucket import ChannelShaper
+from ..tcp_server import serve_tcp
 from ..wire.messages import RETRYABLE_CODES, Message, OpenRequest, ResetCode, Routes
 from .admission import Admission, GatewayRoute, parse_routes
 from .forwarding import IdleTimer, abort_socket, channel_datagrams, splice_tcp
@@ -185,11 +186,20 @@ class Gateway:
                 break
             answer_by = now + min(limits.OPEN_TIMEOUT_S, deadline - now)
             try:
-                channel = session.start_open(request)
+                if stream is not None and early is None and not shaper.client_to_service.limited:
+                    # Usually the client's request is there already: it goes in the
+                    # OPEN's record (one write and one wakeup of the provider, not two).
+                    early = _bytes_waiting(stream.socket, limits.EARLY_DATA_MAX)
+                session.cork()
+                try:
+                    channel = session.start_open(request)
+                    sent_early = bool(early) and channel.try_send_whole(early)
+                finally:
+                    session.uncork()
                 if stream is not None:
                     if early is None:
                         early = await _first_bytes(stream, channel, answer_by, shaper)
-                    if early:
+                    if early and not sent_early:
                         await channel.send(early)
                 await session.wait_accepted(channel, max(0.0, answer_by - trio.current_time()))
             except ChannelReset as exc:
@@ -209,14 +219,14 @@ class Gateway:
     async def _serve_tcp_gate(self, key: GateKey) -> None:
         listeners = await trio.open_tcp_listeners(key.port, host=self.listen_host)
         self._gate_opened(key, listeners[0].socket.getsockname()[1])
-        await trio.serve_listeners(functools.partial(self._serve_tcp_client, key), listeners)
+        await serve_tcp(functools.partial(self._serve_tcp_client, key), listeners)
 
     async def _serve_tcp_client(self, key: GateKey, stream: trio.SocketStream) -> None:
         try:
             client_ip, client_port = stream.socket.getpeername()[:2]
             local = stream.socket.getsockname()[:2]
-        except OSError:
-            await stream.aclose()
+        except OSError:  # (the client is gone already)
+            stream.socket.close()
             return
         opened = await self._open_channel(key, client_ip, client_port, local, stream)
         if opened is None:
@@ -315,6 +325,15 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+def _bytes_waiting(sock: trio.socket.SocketType, size: int) -> bytes | None:
+    """What the client sent so far, without waiting; None when nothing (or EOF, or an
+    error: the splice reads the socket again and sees those)."""
+    try:
+        return os.read(sock.fileno(), size) or None
+    except OSError:  # (BlockingIOError: nothing yet)
+        return None
+
+
 async def _first_bytes(
     stream: trio.SocketStream, channel: Channel, answer_by: float, shaper: ChannelShaper
 ) -> bytes | None:
@@ -330,12 +349,8 @@ async def _first_bytes(
                 await trio.lowlevel.wait_readable(sock)
         finally:
             channel.waker = None
-    size = min(limits.EARLY_DATA_MAX, shaper.client_to_service.max_chunk)
-    try:
-        data = os.read(sock.fileno(), size)
-    except OSError:  # (BlockingIOError: nothing yet)
-        return None
-    if not data:
+    data = _bytes_waiting(sock, min(limits.EARLY_DATA_MAX, shaper.client_to_service.max_chunk))
+    if data is None:
         return None
     delay = shaper.client_to_service.charge(len(data))
     if delay > 0:
@@ -367,7 +382,7 @@ class _UdpFlow:
         if not self.shaper.client_to_service.try_admit(len(datagram)):
             return False
         try:
-            return self.channel.try_send_datagram(datagram)
+            return self.channel.try_send_whole(datagram)
         except ChannelReset:
             return False
 

@@ -7,8 +7,11 @@ list at once, again whenever it changes, and every ROUTE_REFRESH_S in any case.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import logging
+import os
+import select
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -32,19 +35,40 @@ ConnectionObserver = Callable[[Channel, PeerConnection, tuple | None, tuple | No
 
 async def connect_tcp(host: str, port: int) -> trio.SocketStream:
     """Connect to a service. An IP literal skips the resolver and happy-eyeballs
-    machinery of `open_tcp_stream`, which is most of the cost of a short connection."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
+    machinery of `open_tcp_stream`, which is most of the cost of a short connection;
+    and as a connect to a local service has mostly completed by the time the call
+    returns, it is checked at once before waiting for the socket (a run-loop pass)."""
+    family = _ip_family(host)
+    if family is None:
         return await trio.open_tcp_stream(host, port)
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
-        await sock.connect((host, port))
+        error = sock.connect_ex((host, port))
+        if error == errno.EINPROGRESS:
+            if not _writable_now(sock):
+                await trio.lowlevel.wait_writable(sock)
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            raise OSError(error, os.strerror(error))
     except BaseException:
         sock.close()
         raise
-    return trio.SocketStream(sock)
+    return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+
+
+@functools.lru_cache(maxsize=256)
+def _ip_family(host: str) -> int | None:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return socket.AF_INET6 if address.version == 6 else socket.AF_INET
+
+
+def _writable_now(sock: socket.socket) -> bool:
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    return bool(poller.poll(0))
 
 
 class Provider:
@@ -139,15 +163,15 @@ class Provider:
         except OSError as exc:
             self._refuse(peer, channel, target, exc.strerror or str(exc))
             return
-        local = stream.socket.getsockname()
-        remote = stream.socket.getpeername()
-        self._notify(channel, peer, local, remote)
+        if self.observers:
+            self._notify(channel, peer, stream.socket.getsockname(), stream.socket.getpeername())
         try:
             channel.accept()
             log.debug("peer=%s channel=%d event=connected service=%s", peer.name, channel.id, target)
             await splice_tcp(stream, channel)
         finally:
-            self._notify(channel, peer, None, None)
+            if self.observers:
+                self._notify(channel, peer, None, None)
 
     def _refuse(self, peer: PeerConnection, channel: Channel, target: str, reason: str) -> None:
         log.warning(
@@ -204,7 +228,7 @@ class Provider:
                             except ConnectionRefusedError:
                                 continue  # ICMP port unreachable from an earlier send; keep the flow
                             idle.touch()
-                            if not channel.try_send_datagram(datagram):
+                            if not channel.try_send_whole(datagram):
                                 self.datagrams_dropped += 1
                     finally:
                         session.uncork()

@@ -28,6 +28,7 @@ re-reads URL sources.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from collections.abc import Sequence
@@ -220,6 +221,7 @@ def deep_merge(target: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+@functools.lru_cache(maxsize=4096)  # (every connection parses its client's address 2-3 times)
 def normalize_ip(text: str) -> IPAddress | None:
     """The address `text` names, IPv4-mapped IPv6 as IPv4, zone dropped; None if not an IP."""
     try:

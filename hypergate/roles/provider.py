@@ -33,20 +33,23 @@ log = logging.getLogger(__name__)
 ConnectionObserver = Callable[[Channel, PeerConnection, tuple | None, tuple | None], None]
 
 
-async def connect_tcp(host: str, port: int) -> trio.SocketStream:
-    """Connect to a service. An IP literal skips the resolver and happy-eyeballs
-    machinery of `open_tcp_stream`, which is most of the cost of a short connection;
-    and as a connect to a local service has mostly completed by the time the call
-    returns, it is checked at once before waiting for the socket (a run-loop pass)."""
+async def connect_tcp(host: str, port: int, timeout: float = limits.SERVICE_CONNECT_TIMEOUT_S) -> trio.SocketStream:
+    """Connect to a service; trio.TooSlowError after `timeout`. An IP literal skips the
+    resolver and happy-eyeballs machinery of `open_tcp_stream`, which is most of the
+    cost of a short connection; and as a connect to a local service has mostly completed
+    by the time the call returns, it is checked at once, before a wait for the socket
+    and its timeout (a cancel scope and a run-loop pass) are paid for."""
     family = _ip_family(host)
     if family is None:
-        return await trio.open_tcp_stream(host, port)
+        with trio.fail_after(timeout):
+            return await trio.open_tcp_stream(host, port)
     sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
         error = sock.connect_ex((host, port))
         if error == errno.EINPROGRESS:
             if not _writable_now(sock):
-                await trio.lowlevel.wait_writable(sock)
+                with trio.fail_after(timeout):
+                    await trio.lowlevel.wait_writable(sock)
             error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
             raise OSError(error, os.strerror(error))
@@ -155,8 +158,7 @@ class Provider:
     async def _serve_tcp(self, peer: PeerConnection, service: Service, channel: Channel) -> None:
         target = f"{service.serviceHost}:{service.servicePort}"
         try:
-            with trio.fail_after(limits.SERVICE_CONNECT_TIMEOUT_S):
-                stream = await connect_tcp(self.resolve_host(service.serviceHost), service.servicePort)
+            stream = await connect_tcp(self.resolve_host(service.serviceHost), service.servicePort)
         except trio.TooSlowError:
             self._refuse(peer, channel, target, f"connect timed out after {limits.SERVICE_CONNECT_TIMEOUT_S:g}s")
             return

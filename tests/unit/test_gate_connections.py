@@ -148,3 +148,26 @@ async def test_provider_connects_to_ip_literals_and_names_and_reports_a_refusal(
         assert exc.strerror == "Connection refused"
     else:
         raise AssertionError("connected to a port nobody listens on")
+
+
+async def test_a_service_that_does_not_answer_times_out(autojump_clock):
+    from hypergate.roles.provider import connect_tcp
+
+    # A listener whose accept queue is full drops further SYNs: the connect hangs.
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    started = trio.current_time()
+    try:
+        await connect_tcp("127.0.0.1", port, timeout=7)
+    except trio.TooSlowError:
+        assert trio.current_time() - started == 7
+    else:
+        raise AssertionError("connected to a listener with a full queue")
+    for sock in [*fillers, listener]:
+        sock.close()

@@ -28,6 +28,12 @@ DIAL_TIMEOUT_S = 10.0
 # 8 streams within the noise. Fairness: another channel's frame waits behind at most
 # one bulk frame per busy channel, ~0.5 ms at these rates.
 MAX_FRAME_PAYLOAD = 256 * 1024
+# Unsent bytes a peer link's TCP socket may hold before it stops taking writes
+# (TCP_NOTSENT_LOWAT). trio sets 16 KiB on every SocketStream: whenever the peer lagged,
+# each record then went out in several partial writes with a writer wakeup each, and 8
+# parallel streams ran ~35% slower. One record's worth lets a record go in one write;
+# another channel's frame waits behind at most that much more.
+LINK_NOTSENT_LOWAT = MAX_FRAME_PAYLOAD
 # Every channel starts with this receive window (yamux's 256 KiB default).
 INITIAL_CHANNEL_WINDOW = 256 * 1024
 # Auto-tuning doubles a busy channel's window up to this, so one bulk channel is not

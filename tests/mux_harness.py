@@ -62,10 +62,17 @@ async def echo_handler(channel):
         await channel.send(data)
 
 
-async def socket_links(buffer: int | None = None):
+async def socket_links(buffer: int | None = None, tcp: bool = False):
     """Two linked SecureLinks over a real socket pair (small kernel buffers on request,
-    so writes come back partial and the write-later path runs)."""
-    left, right = trio.socket.socketpair()
+    so writes come back partial and the write-later path runs), or over TCP on
+    loopback, as peer links are."""
+    if tcp:
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            dialled = socket.create_connection(server.getsockname())
+            accepted, _ = server.accept()
+        left, right = (trio.socket.from_stdlib_socket(s) for s in (dialled, accepted))
+    else:
+        left, right = trio.socket.socketpair()
     if buffer:
         for sock in (left, right):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 import trio
 
@@ -45,6 +46,13 @@ class _BufferedReader:
         return out
 
 
+def _set_notsent_lowat(sock: trio.socket.SocketType, size: int) -> None:
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, size)
+    except (OSError, AttributeError):
+        pass  # (not TCP, or a system without it: the kernel default then applies)
+
+
 class SecureLink:
     """An authenticated, encrypted, record-oriented duplex link to one peer.
 
@@ -75,6 +83,8 @@ class SecureLink:
         # other stream (memory streams in tests, future relays) takes the generic path.
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self.pending: memoryview | None = None
+        if self._socket is not None:
+            _set_notsent_lowat(self._socket, limits.LINK_NOTSENT_LOWAT)
         self._reader = DrainAwareReader(self._socket) if self._socket is not None else None
         # Room for one large read plus the longest record that may start at its end.
         self._rbuf = memoryview(bytearray(RECEIVE_SIZE + 2 * LENGTH_SIZE + limits.MAX_RECORD_SIZE))

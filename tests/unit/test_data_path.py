@@ -8,6 +8,7 @@ import socket
 import trio
 import trio.testing
 
+from hypergate import limits
 from hypergate.crypto.keys import LinkIdentity
 from hypergate.crypto.records import MAX_PLAINTEXT, RecordOpener, RecordSealer
 from hypergate.crypto.secure_link import establish_link
@@ -28,6 +29,14 @@ def test_sealed_records_open_in_order_and_the_buffer_is_reused():
     wire = first + bytes(second)
     assert opener.feed(wire) == [b"one", b"two"]
     assert sealer.seal(b"x" * MAX_PLAINTEXT)[:4] == (MAX_PLAINTEXT + 16).to_bytes(4, "big")
+
+
+async def test_a_tcp_link_takes_a_whole_record_while_the_peer_is_not_reading():
+    """A link's socket holds a record's worth of unsent bytes (TCP_NOTSENT_LOWAT): at
+    trio's 16 KiB a 256 KiB record went out in pieces, each a writer wakeup."""
+    a, _ = await socket_links(tcp=True)
+    a.send_now(os.urandom(limits.MAX_FRAME_PAYLOAD))
+    assert a.pending is None
 
 
 async def test_records_cross_a_full_socket_intact():

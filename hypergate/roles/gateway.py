@@ -152,9 +152,9 @@ class Gateway:
         """Try the gate's providers in round-robin order; None when none can serve.
 
         With a TCP client's `stream`, its first bytes go right behind the OPEN instead of
-        after the provider's ACCEPT (one round trip less per connection): they are read
-        while the OPEN is in flight, and sent again to the next provider if this one
-        refuses."""
+        after the provider's ACCEPT (one round trip less per connection): in the OPEN's
+        own record when they are there already, else as soon as they come while the
+        OPEN is in flight; and again to the next provider if this one refuses."""
         deadline = trio.current_time() + limits.OPEN_TOTAL_TIMEOUT_S
         early: bytes | None = None
         for peer, route in self.routes.rotation(key):

@@ -1,5 +1,6 @@
 """Reading a trio socket in as few syscalls and task switches as it takes (used by the
-peer link's record reader and by the socket pumps; nothing here knows about either).
+peer link's record reader and by the socket pumps; nothing here knows about either),
+and how much a socket may hold unsent.
 
 After a short read the socket is drained, so the next read waits for readability first
 instead of trying a read that would fail; after a wait it reads without yielding again.
@@ -10,6 +11,7 @@ Per small message this saves a failed recv and a run-loop pass.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 
 import trio
@@ -74,3 +76,12 @@ class DrainAwareReader:
     async def read_into(self, target: memoryview) -> int:
         # One reader per peer link, not per connection: a closure per read is cheap here.
         return await self.read_with(lambda fd, size: os.readv(fd, [target]), len(target))
+
+
+def set_notsent_lowat(sock: trio.socket.SocketType, size: int) -> None:
+    """Let `sock` take writes until `size` bytes wait unsent (TCP_NOTSENT_LOWAT; trio
+    sets 16 KiB on every SocketStream, which splits large writes into many)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, size)
+    except (OSError, AttributeError):
+        pass  # (not TCP, or a system without it: the kernel default then applies)

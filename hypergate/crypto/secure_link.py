@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 
 import trio
 
@@ -18,7 +17,7 @@ from .handshake import FRAME_OVERHEAD, HandshakeResult, NoiseHandshake, parse_fr
 from .keys import LinkIdentity, RouterKeys
 from .suites import CipherSuite
 from .records import LENGTH_SIZE, MAX_PLAINTEXT, RecordOpener, RecordSealer, record_length
-from ..sockio import DrainAwareReader
+from ..sockio import DrainAwareReader, set_notsent_lowat
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +43,6 @@ class _BufferedReader:
         out = bytes(self.buffer[:n])
         del self.buffer[:n]
         return out
-
-
-def _set_notsent_lowat(sock: trio.socket.SocketType, size: int) -> None:
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, size)
-    except (OSError, AttributeError):
-        pass  # (not TCP, or a system without it: the kernel default then applies)
 
 
 class SecureLink:
@@ -84,7 +76,7 @@ class SecureLink:
         self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
         self.pending: memoryview | None = None
         if self._socket is not None:
-            _set_notsent_lowat(self._socket, limits.LINK_NOTSENT_LOWAT)
+            set_notsent_lowat(self._socket, limits.LINK_NOTSENT_LOWAT)
         self._reader = DrainAwareReader(self._socket) if self._socket is not None else None
         # Room for one large read plus the longest record that may start at its end.
         self._rbuf = memoryview(bytearray(RECEIVE_SIZE + 2 * LENGTH_SIZE + limits.MAX_RECORD_SIZE))

@@ -34,7 +34,7 @@ import trio
 from .. import limits
 from ..mux.channel import Channel, ChannelReset
 from ..policy.token_bucket import BandwidthExceeded, ChannelShaper, Shaper
-from ..sockio import DrainAwareReader
+from ..sockio import DrainAwareReader, set_notsent_lowat
 from ..wire.messages import ResetCode
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ async def splice_tcp(
     outbound = shaper.service_to_client if shaper else _UNLIMITED
     read_size = min(limits.SOCKET_READ_SIZE, inbound.max_chunk)
     sock = stream.socket
+    set_notsent_lowat(sock, limits.LOCAL_NOTSENT_LOWAT)
     # drain task state: `writing` while it writes older data (the sink must not jump
     # ahead), `draining` while it runs (or this task took over receiving at the end).
     writing = False

@@ -19,6 +19,7 @@ from hypergate.wire.messages import OpenRequest
 from ..mux_harness import echo_handler, read_all, socket_links
 
 KEY = bytes(range(32))
+SIOCOUTQNSD = 0x894B  # (linux/sockios.h: bytes in a TCP send queue not yet sent)
 REQ = OpenRequest(gatePort=80, protocol="tcp")
 
 
@@ -217,6 +218,41 @@ async def test_a_fin_with_nothing_before_it_half_closes_and_the_other_way_stays_
         await client_stream.send_eof()
         await finished.wait()
     assert received["answer"] == answer
+
+
+async def test_a_frame_from_the_peer_goes_into_a_local_socket_in_one_write(nursery):
+    """The client's socket holds a frame's worth unsent (TCP_NOTSENT_LOWAT), so a bulk
+    frame goes in whole from the session's reader even when the client is not reading;
+    at trio's 16 KiB the rest went through a drain task in pieces."""
+    import fcntl
+    import termios
+
+    from hypergate.roles.forwarding import splice_tcp
+
+    from ..mux_harness import linked_sessions
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        local, _ = server.accept()
+    payload = os.urandom(limits.MAX_FRAME_PAYLOAD)
+
+    async def remote(channel):
+        channel.accept()
+        await channel.send(payload)
+        await trio.sleep_forever()
+
+    a, _ = await linked_sessions(nursery, on_channel_b=remote)
+    channel = await a.open_channel(REQ)
+    local.setblocking(False)
+    nursery.start_soon(splice_tcp, trio.SocketStream(trio.socket.from_stdlib_socket(local)), channel)
+    await trio.testing.wait_all_tasks_blocked()
+
+    def queued(sock, request):
+        return int.from_bytes(fcntl.ioctl(sock.fileno(), request, b"\0" * 4), "little")
+
+    # What the kernel took: in the client's receive queue, plus what waits unsent.
+    assert queued(client, termios.FIONREAD) + queued(local, SIOCOUTQNSD) == len(payload)
+    client.close()
 
 
 async def test_spliced_uploads_go_straight_into_records_and_wait_for_a_busy_link(nursery):

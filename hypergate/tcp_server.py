@@ -2,18 +2,20 @@
 
 `trio.serve_listeners` costs, per connection, a checkpoint inside `accept` and two more
 when it closes the stream again after the handler (`aclose_forcefully`): scheduler
-passes that are about a tenth of a short connection's CPU time here. This loop accepts
+passes that add up when connections are short. This loop accepts
 every connection waiting at each wakeup (a burst costs one wakeup, not one each), hands
 each to its own task, and closes a stream its handler left open without yielding.
 Errors are handled as `serve_listeners` does: routine ones (a client that reset before
 we accepted) are skipped, running out of descriptors or memory pauses accepting for
-ACCEPT_PAUSE_S with an error in the log, anything else ends the server.
+ACCEPT_PAUSE_S with an error in the log (one line per ACCEPT_LOG_INTERVAL_S, counting
+the failures), anything else ends the server.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -40,6 +42,7 @@ _SKIPPED_ERRNOS = frozenset(
     if hasattr(errno, name)
 )
 ACCEPT_PAUSE_S = 0.1
+ACCEPT_LOG_INTERVAL_S = 10.0
 
 
 async def serve_tcp(handler: StreamHandler, listeners: list[trio.SocketListener]) -> NoReturn:
@@ -64,7 +67,10 @@ def _take_socket(listener: trio.SocketListener) -> socket.socket:
 
 
 async def _accept_forever(sock: socket.socket, handler: StreamHandler, nursery: trio.Nursery) -> NoReturn:
+    failures = 0  # accepts that failed for want of resources since the last log line
+    last_logged = -math.inf
     while True:
+        # (Also after a full batch: the connections just accepted run before more come.)
         await trio.lowlevel.wait_readable(sock)
         for _ in range(limits.ACCEPT_BATCH):
             try:
@@ -76,16 +82,17 @@ async def _accept_forever(sock: socket.socket, handler: StreamHandler, nursery: 
                     continue
                 if exc.errno not in _CAPACITY_ERRNOS:
                     raise
-                log.error(
-                    "event=accept_failed error=%s reason=%r pause_s=%g",
-                    errno.errorcode[exc.errno], os.strerror(exc.errno), ACCEPT_PAUSE_S,
-                )
+                failures += 1
+                now = trio.current_time()
+                if now - last_logged >= ACCEPT_LOG_INTERVAL_S:  # one line, not ten a second
+                    log.error(
+                        "event=accept_failed error=%s reason=%r pause_s=%g failures=%d",
+                        errno.errorcode[exc.errno], os.strerror(exc.errno), ACCEPT_PAUSE_S, failures,
+                    )
+                    failures, last_logged = 0, now
                 await trio.sleep(ACCEPT_PAUSE_S)
                 break
             nursery.start_soon(_run_handler, handler, trio.SocketStream(trio.socket.from_stdlib_socket(conn)))
-        else:
-            # A full batch: let the connections just accepted run before taking more.
-            await trio.lowlevel.checkpoint()
 
 
 async def _run_handler(handler: StreamHandler, stream: trio.SocketStream) -> None:

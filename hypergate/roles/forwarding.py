@@ -60,9 +60,9 @@ async def splice_tcp(
     One task per connection while it is idle: this one, reading the socket. Data from
     the peer goes to the socket straight from the session's reader (`Channel.sink`); a
     second task (`drain`) is started only when the socket does not take it at once, or a
-    reset arrives, and ends when the backlog is written. The peer's FIN with nothing
-    before it is passed on (shutdown of our write side) from the session's reader. 10,000 idle
-    connections thus cost 10,000 parked tasks, not 20,000.
+    reset arrives, and ends when the backlog is written; the peer's FIN with nothing
+    before it is passed on (shutdown of our write side) from the session's reader.
+    10,000 idle connections thus cost 10,000 parked tasks, not 20,000.
 
     With a shaper (gateway side, when the ingress policy limits this client), each
     direction is charged to its token bucket chunk by chunk and waits only when the

@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 ConnectionObserver = Callable[[Channel, PeerConnection, tuple | None, tuple | None], None]
 
 
-async def connect_tcp(host: str, port: int, timeout: float = limits.SERVICE_CONNECT_TIMEOUT_S) -> trio.SocketStream:
+async def connect_tcp(
+    host: str, port: int, timeout: float = limits.SERVICE_CONNECT_TIMEOUT_S
+) -> trio.SocketStream:
     """Connect to a service; trio.TooSlowError after `timeout`. An IP literal skips the
     resolver and happy-eyeballs machinery of `open_tcp_stream`, which is most of the
     cost of a short connection; and as a connect to a local service has mostly completed

@@ -129,7 +129,8 @@ async def test_provider_connects_to_ip_literals_and_names_and_reports_a_refusal(
     from hypergate.roles.provider import connect_tcp
 
     for host, family in (("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6), ("localhost", None)):
-        listener = socket.create_server(("::1" if host == "::1" else "127.0.0.1", 0), family=family or socket.AF_INET)
+        family = family or socket.AF_INET
+        listener = socket.create_server(("::1" if host == "::1" else "127.0.0.1", 0), family=family)
         port = listener.getsockname()[1]
         with trio.fail_after(10):
             stream = await connect_tcp(host, port)

@@ -362,19 +362,22 @@ class MuxSession:
     def _queue_reset(self, channel: Channel, reason: ResetReason) -> None:
         self._queue_control(encode_frame(FrameType.RESET, channel.id, payload=msgs.encode_reset(reason)))
 
+    def _link_busy(self) -> bool:
+        """A record is being written, or frames wait to be."""
+        return (
+            self._writing or self._flushing or bool(self._control) or bool(self._ready)
+            or not self.link.can_send_now
+        )
+
+    def _may_send(self, channel: Channel) -> bool:
+        return not self.closed and channel.reset_reason is None and not channel.local_fin
+
     def direct_send_should_wait(self, channel: Channel) -> bool:
         """A direct sender (`send_direct`) should wait for the link rather than queue:
-        the link writes to a socket and is busy with a record or with queued frames,
-        and this channel may still send. Its data then stays in the kernel's socket
-        buffer (backpressure to its sender) instead of in a queue here."""
-        return (
-            getattr(self.link, "writes_directly", False)
-            and (self._writing or self._flushing or bool(self._control) or bool(self._ready)
-                 or not self.link.can_send_now)
-            and not self.closed
-            and channel.reset_reason is None
-            and not channel.local_fin
-        )
+        the link writes to a socket and is busy, and this channel may still send. Its
+        data then stays in the kernel's socket buffer (backpressure to its sender)
+        instead of in a queue here."""
+        return self.link.writes_directly and self._link_busy() and self._may_send(channel)
 
     async def wait_for_link(self) -> None:
         """Until the writer finished a batch, a channel went away, or the session closed."""
@@ -384,17 +387,11 @@ class MuxSession:
         """Whether `send_direct` may run now: the link is idle with nothing queued (so no
         other channel's frames are passed over) and the windows have room."""
         return (
-            not self._control
-            and not self._ready
-            and not self._writing
-            and not self._flushing
+            not self._link_busy()
             and not self._corked
-            and not self.closed
-            and self.link.can_send_now
+            and self._may_send(channel)
             and channel.send_window.available >= limits.DIRECT_SEND_MIN
             and self.send_window.available >= limits.DIRECT_SEND_MIN
-            and channel.reset_reason is None
-            and not channel.local_fin
         )
 
     def send_direct(self, channel: Channel, fd: int, size: int) -> int:

@@ -172,18 +172,15 @@ async def splice_tcp(
 
     async def socket_to_channel() -> None:
         reader = DrainAwareReader(sock)
+        direct = not inbound.limited
         try:
             while True:
-                if not inbound.limited and await channel.wait_to_send_direct():
+                if direct and await channel.wait_to_send_direct():
                     continue  # the link is free again: look at the state afresh
-                if not inbound.limited and channel.can_send_direct():
-                    got = await reader.read_with(read_direct, read_size)
-                    if not read_aside:
-                        if not got:
-                            await channel.send_eof()
-                            return
-                        continue
-                    data = read_aside.pop()
+                if direct and channel.can_send_direct():
+                    if await reader.read_with(read_direct, read_size) and not read_aside:
+                        continue  # went straight into a record
+                    data = read_aside.pop() if read_aside else b""  # (b"": EOF)
                 else:
                     data = await reader.read(read_size)
                 if not data:

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 
 from hypergate.udx import UdxSocket
 from hypergate.udx import packet as wire
@@ -104,7 +105,14 @@ async def test_half_close_lets_the_other_side_keep_sending():
 
 async def test_non_udx_datagrams_go_to_the_callback_and_garbage_is_counted():
     seen = []
-    async with udx_pair(lambda data, source: seen.append((data, source))) as (udx_a, udx_b):
+    all_seen = trio.Event()
+
+    def on_datagram(data, source):
+        seen.append((data, source))
+        if len(seen) == 3:
+            all_seen.set()
+
+    async with udx_pair(on_datagram) as (udx_a, udx_b):
         client, server = connect(udx_a, udx_b)
         probe = await bound_socket()
         await probe.sendto(b"\x00", udx_b.local_address)  # hole-punch probe
@@ -112,8 +120,7 @@ async def test_non_udx_datagrams_go_to_the_callback_and_garbage_is_counted():
         unknown = encode_header(wire.DATA, 12345 if server.local_id != 12345 else 54321, 0, 0, 0) + b"?"
         await probe.sendto(unknown, udx_b.local_address)
         with trio.fail_after(10):
-            while len(seen) < 3:
-                await trio.sleep(0.01)
+            await all_seen.wait()
         assert [d for d, _ in seen] == [b"\x00", b"\x03dht-rpc", unknown]
         assert all(source == probe.getsockname() for _, source in seen)
         assert udx_b.stats["dropped_unknown_stream"] == 1
@@ -136,7 +143,7 @@ async def test_garbage_does_not_disturb_a_live_stream():
                     b"\xff\x01" + bytes([rng.randrange(256), 0]) + live_id[:2],
                 ][i % 3]
                 await attacker.sendto(junk, udx_b.local_address)
-                await trio.sleep(0.001)
+                await trio.testing.wait_all_tasks_blocked()  # interleaved with the transfer
 
         with trio.fail_after(30):
             async with trio.open_nursery() as nursery:
@@ -241,7 +248,7 @@ async def test_concurrent_receivers_are_refused():
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(server.receive_some)
-                await trio.sleep(0.05)
+                await trio.testing.wait_all_tasks_blocked()  # the first receiver waits
                 with pytest.raises(trio.BusyResourceError):
                     await server.receive_some()
                 await client.send_all(b"wakes the first receiver")

@@ -28,6 +28,7 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Callable
 
 import trio
 
@@ -53,9 +54,16 @@ def abort_socket(stream: trio.SocketStream) -> None:
 
 
 async def splice_tcp(
-    stream: trio.SocketStream, channel: Channel, shaper: ChannelShaper | None = None
+    stream: trio.SocketStream,
+    channel: Channel,
+    shaper: ChannelShaper | None = None,
+    started: Callable[[], None] | None = None,
 ) -> None:
     """Forward until both directions ended (or one failed). Closes `stream`.
+
+    `started` is called once data that came with the channel's OPEN is in the socket
+    (a provider accepts the channel there: the service already works on the request
+    while the ACCEPT travels).
 
     One task per connection while it is idle: this one, reading the socket. Data from
     the peer goes to the socket straight from the session's reader (`Channel.sink`); a
@@ -64,10 +72,21 @@ async def splice_tcp(
     before it is passed on (shutdown of our write side) from the session's reader.
     10,000 idle connections thus cost 10,000 parked tasks, not 20,000.
 
+    The drain task runs beside this one, in the nursery this task runs in, and is
+    joined (cancelled first, if this one fails) before this returns: it never outlives
+    the connection. A nursery of our own would cost every connection a scheduler pass
+    when it ends (trio's nursery exit yields even with no child left); most never
+    start a drain.
+
     With a shaper (gateway side, when the ingress policy limits this client), each
     direction is charged to its token bucket chunk by chunk and waits only when the
     bucket is empty: the sender is slowed by backpressure, and a channel over its burst
     budget is reset (BandwidthExceeded)."""
+    helpers = trio.lowlevel.current_task().parent_nursery
+    if helpers is None:  # (run as trio.run's main task: give the drain a nursery)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(splice_tcp, stream, channel, shaper, started)
+        return
     failed: list[str] = []
     inbound = shaper.client_to_service if shaper else _UNLIMITED
     outbound = shaper.service_to_client if shaper else _UNLIMITED
@@ -81,11 +100,17 @@ async def splice_tcp(
     reader_done = False  # our socket reached EOF: receive until the peer's FIN
     eof_written = False  # the peer's FIN was passed on (shutdown of our write side)
     closing = False
+    reset = False
+    body = trio.CancelScope()  # this task's work; a failure either way cancels it
+    drain_scope: trio.CancelScope | None = None  # the drain task running (or last run)
+    drain_done: trio.Event | None = None
 
     def fail(reason: str, code: str = ResetCode.CLOSED, message: str = "the other end's socket failed") -> None:
         failed.append(reason)
         channel.reset(code, message)
-        nursery.cancel_scope.cancel()
+        body.cancel()
+        if drain_scope is not None:
+            drain_scope.cancel()
 
     def sink(data: bytes | memoryview) -> int:
         # Runs in the session's reader: never blocks, never raises (a failed write is
@@ -109,8 +134,17 @@ async def splice_tcp(
         return taken
 
     def wake() -> None:
-        nonlocal draining, eof_written
-        if draining or closing:
+        nonlocal draining, eof_written, drain_scope, drain_done
+        if closing:
+            return
+        if channel.reset_reason is not None:
+            # Both tasks may be parked on the socket (a client neither reading nor
+            # sending): end them now, the client gets its RST.
+            body.cancel()
+            if drain_scope is not None:
+                drain_scope.cancel()
+            return
+        if draining:
             return
         if channel.at_eof and not eof_written:
             # Only the FIN: pass it on here rather than start a task to do it.
@@ -121,7 +155,8 @@ async def splice_tcp(
             except OSError:
                 pass  # the drain task's own attempt reports it
         draining = True
-        nursery.start_soon(drain)
+        drain_scope, drain_done = trio.CancelScope(), trio.Event()
+        helpers.start_soon(run_drain, drain_scope, drain_done)
 
     async def send_out(data: bytes | memoryview) -> None:
         nonlocal writing
@@ -158,6 +193,21 @@ async def splice_tcp(
             fail(f"socket write failed: {exc}")
         except BandwidthExceeded as exc:
             fail(str(exc), ResetCode.BANDWIDTH_EXCEEDED, str(exc))
+
+    async def run_drain(scope: trio.CancelScope, done: trio.Event) -> None:
+        # Nothing may escape into the nursery we share with other connections.
+        nonlocal reset
+        try:
+            with scope:
+                await drain()
+        except ChannelReset:
+            reset = True
+            body.cancel()
+        except Exception as exc:
+            log.exception("channel=%d event=drain_failed", channel.id)
+            fail(f"internal error: {exc!r}", message=f"internal error: {type(exc).__name__}")
+        finally:
+            done.set()
 
     read_aside: list[bytes] = []
 
@@ -196,29 +246,36 @@ async def splice_tcp(
         except BandwidthExceeded as exc:
             fail(str(exc), ResetCode.BANDWIDTH_EXCEEDED, str(exc))
 
-    reset = False
     try:
-        async with trio.open_nursery() as nursery:
-            try:
-                channel.sink = sink
-                channel.waker = wake
-                channel.flush_to_sink()  # data that came right behind the OPEN
-                if channel.has_pending:
-                    wake()
-                await socket_to_channel()
-                reader_done = True
-                if not draining and not failed:
-                    # The other direction is still open: receive in this task until
-                    # the peer's FIN (a running drain task does the same by itself).
-                    draining = True
-                    await drain()
-            finally:
-                closing = True
-                channel.waker = None
-                channel.sink = None
-    except* ChannelReset as group:
+        with body:
+            channel.sink = sink
+            channel.waker = wake
+            channel.flush_to_sink()  # data that came right behind the OPEN
+            if started is not None:
+                started()
+            if channel.has_pending:
+                wake()
+            await socket_to_channel()
+            reader_done = True
+            if not draining and not failed:
+                # The other direction is still open: receive in this task until the
+                # peer's FIN (a running drain task does the same by itself).
+                draining = True
+                await drain()
+            elif drain_done is not None:
+                await drain_done.wait()
+    except ChannelReset:
         reset = True
-        log.debug("channel=%d event=reset reason=%r", channel.id, str(group.exceptions[0]))
+    finally:
+        closing = True
+        channel.waker = None
+        channel.sink = None
+        if drain_scope is not None and drain_done is not None and not drain_done.is_set():
+            drain_scope.cancel()  # (we failed or were cancelled: it must not outlive us)
+            with trio.CancelScope(shield=True):
+                await drain_done.wait()
+    if channel.reset_reason is not None and not failed:
+        log.debug("channel=%d event=reset reason=%r", channel.id, str(channel.reset_reason))
     if reset or failed or channel.reset_reason is not None:
         abort_socket(stream)
     else:

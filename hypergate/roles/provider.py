@@ -170,9 +170,9 @@ class Provider:
         if self.observers:
             self._notify(channel, peer, stream.socket.getsockname(), stream.socket.getpeername())
         try:
-            channel.accept()
             log.debug("peer=%s channel=%d event=connected service=%s", peer.name, channel.id, target)
-            await splice_tcp(stream, channel)
+            # Accepted once the client's first bytes are in the service's socket.
+            await splice_tcp(stream, channel, started=channel.accept)
         finally:
             if self.observers:
                 self._notify(channel, peer, None, None)

@@ -325,3 +325,90 @@ async def read_all_stream(stream) -> bytes:
     while chunk := await stream.receive_some(65536):
         out += chunk
     return bytes(out)
+
+
+async def test_a_reset_ends_the_drain_task_before_the_splice_returns():
+    """The drain task runs beside the connection's task (no nursery of its own), yet
+    never outlives it: a reset while the drain is stuck on a client that does not read
+    cancels it, the splice returns only after it ended, and the client gets an RST."""
+    from hypergate.roles.forwarding import splice_tcp
+    from hypergate.wire.messages import ResetCode
+
+    from ..mux_harness import linked_sessions
+
+    with socket.create_server(("127.0.0.1", 0)) as server:  # (TCP: an abort is an RST)
+        client = socket.create_connection(server.getsockname())
+        local, _ = server.accept()
+    for sock in (client, local):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+    client, local = trio.socket.from_stdlib_socket(client), trio.socket.from_stdlib_socket(local)
+    give_up = trio.Event()
+
+    async def remote(channel):
+        channel.accept()
+        await channel.send(os.urandom(200_000))  # (within the window: never waits)
+        await give_up.wait()
+        channel.reset(ResetCode.CLOSED, "the service failed")
+
+    spliced = trio.Event()
+    async with trio.open_nursery() as sessions:
+        a, _ = await linked_sessions(sessions, on_channel_b=remote)
+        channel = await a.open_channel(REQ)
+
+        async def connection():
+            await splice_tcp(trio.SocketStream(local), channel)
+            spliced.set()
+
+        async with trio.open_nursery() as connections:
+            connections.start_soon(connection)
+            await trio.testing.wait_all_tasks_blocked()
+            drains = [task for task in connections.child_tasks if task.name.endswith("run_drain")]
+            assert len(drains) == 1  # the client reads nothing: a backlog waits
+            give_up.set()
+            with trio.fail_after(5):
+                await spliced.wait()
+            assert not connections.child_tasks  # the drain ended before the splice did
+        sessions.cancel_scope.cancel()
+    try:
+        with trio.fail_after(5):
+            while await client.recv(65536):
+                pass
+        raise AssertionError("the client saw a clean end of data")
+    except ConnectionResetError:
+        pass
+
+
+async def test_a_provider_accepts_only_once_the_first_bytes_are_in_the_service_socket(nursery):
+    """The bytes that came with the OPEN go to the service before the ACCEPT goes back,
+    so the service works on the request while the ACCEPT travels."""
+    from hypergate.roles.forwarding import splice_tcp
+
+    from ..mux_harness import linked_sessions
+
+    service, local = socket.socketpair()
+    local.setblocking(False)
+    waiting_at_accept = []
+
+    async def provider(channel):
+        accept = channel.accept
+
+        def accept_and_look():
+            waiting_at_accept.append(service.recv(100, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+            accept()
+
+        await splice_tcp(
+            trio.SocketStream(trio.socket.from_stdlib_socket(local)), channel, started=accept_and_look
+        )
+
+    a, _ = await linked_sessions(nursery, on_channel_b=provider)
+    a.cork()
+    try:
+        channel = a.start_open(REQ)
+        assert channel.try_send_whole(b"GET / HTTP/1.0\r\n\r\n")
+    finally:
+        a.uncork()
+    with trio.fail_after(5):
+        await a.wait_accepted(channel)
+    assert waiting_at_accept == [b"GET / HTTP/1.0\r\n\r\n"]

@@ -18,6 +18,7 @@ Same shapes and codes as the original. An entry lives exactly as long as its cha
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -49,6 +50,7 @@ def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
 
+@functools.lru_cache(maxsize=4096)  # (two per key; a provider makes two keys a connection)
 def _normalize_addr(addr: str) -> str:
     address = normalize_ip(addr)
     return str(address) if address is not None else addr.strip().lower()

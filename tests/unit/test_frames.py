@@ -99,3 +99,29 @@ def test_value_frames_cannot_carry_payload_and_payload_limits_hold_on_encode():
         encode_frame(FrameType.PING, 0, payload=b"x")
     with pytest.raises(ValueError):
         encode_frame(FrameType.DATA, 1, payload=b"x" * (limits.MAX_FRAME_PAYLOAD + 1))
+
+
+def test_open_requests_round_trip_and_decoded_fingerprints_share_their_short_strings():
+    """A provider holds every open channel's fingerprint: two decoded fingerprints share
+    their keys and addresses (one string object each), and bad ones are named."""
+    import sys
+
+    from hypergate.http.fingerprint_resolver import make_fingerprint
+    from hypergate.wire.messages import MessageError, OpenRequest, decode_open, encode_open
+
+    def request(port):
+        return OpenRequest(gatePort=80, protocol="tcp", fingerprint=make_fingerprint(
+            protocol="tcp", gate_port=80, channel_port=port, client=("198.51.100.7", 40000 + port),
+            gateway=("10.0.0.1", 80), labels=("team-a",),
+        ))
+
+    sent = [request(1), request(3)]
+    first, second = (decode_open(bytes(encode_open(r))) for r in sent)
+    assert [first, second] == sent
+    assert first.fingerprint["source"]["ip"] is second.fingerprint["source"]["ip"]
+    assert first.fingerprint["ingressLabels"][0] is sys.intern("team-a")
+    assert [k is sys.intern(k) for k in first.fingerprint["gateway"]] == [True] * 3
+    with pytest.raises(MessageError, match=r"\$\.fingerprint"):
+        decode_open(b'{"gatePort":80,"protocol":"tcp","fingerprint":["not", "an object"]}')
+    with pytest.raises(MessageError, match="not valid JSON"):
+        decode_open(b'{"gatePort":80,')

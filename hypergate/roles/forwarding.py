@@ -100,7 +100,6 @@ async def splice_tcp(
     reader_done = False  # our socket reached EOF: receive until the peer's FIN
     eof_written = False  # the peer's FIN was passed on (shutdown of our write side)
     closing = False
-    reset = False
     body = trio.CancelScope()  # this task's work; a failure either way cancels it
     drain_scope: trio.CancelScope | None = None  # the drain task running (or last run)
     drain_done: trio.Event | None = None
@@ -196,13 +195,11 @@ async def splice_tcp(
 
     async def run_drain(scope: trio.CancelScope, done: trio.Event) -> None:
         # Nothing may escape into the nursery we share with other connections.
-        nonlocal reset
         try:
             with scope:
                 await drain()
         except ChannelReset:
-            reset = True
-            body.cancel()
+            body.cancel()  # (the channel's reset_reason tells the rest)
         except Exception as exc:
             log.exception("channel=%d event=drain_failed", channel.id)
             fail(f"internal error: {exc!r}", message=f"internal error: {type(exc).__name__}")
@@ -265,18 +262,19 @@ async def splice_tcp(
             elif drain_done is not None:
                 await drain_done.wait()
     except ChannelReset:
-        reset = True
+        pass  # (reset_reason is set: the socket is aborted below)
     finally:
         closing = True
         channel.waker = None
         channel.sink = None
-        if drain_scope is not None and drain_done is not None and not drain_done.is_set():
+        if drain_done is not None and not drain_done.is_set():
+            assert drain_scope is not None
             drain_scope.cancel()  # (we failed or were cancelled: it must not outlive us)
             with trio.CancelScope(shield=True):
                 await drain_done.wait()
     if channel.reset_reason is not None and not failed:
         log.debug("channel=%d event=reset reason=%r", channel.id, str(channel.reset_reason))
-    if reset or failed or channel.reset_reason is not None:
+    if failed or channel.reset_reason is not None:
         abort_socket(stream)
     else:
         sock.close()  # (stream.aclose would add a checkpoint: this task just had several)

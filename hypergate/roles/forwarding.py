@@ -83,10 +83,7 @@ async def splice_tcp(
     bucket is empty: the sender is slowed by backpressure, and a channel over its burst
     budget is reset (BandwidthExceeded)."""
     helpers = trio.lowlevel.current_task().parent_nursery
-    if helpers is None:  # (run as trio.run's main task: give the drain a nursery)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(splice_tcp, stream, channel, shaper, started)
-        return
+    assert helpers is not None  # (every task but trio's own init task has one)
     failed: list[str] = []
     inbound = shaper.client_to_service if shaper else _UNLIMITED
     outbound = shaper.service_to_client if shaper else _UNLIMITED
@@ -104,12 +101,15 @@ async def splice_tcp(
     drain_scope: trio.CancelScope | None = None  # the drain task running (or last run)
     drain_done: trio.Event | None = None
 
-    def fail(reason: str, code: str = ResetCode.CLOSED, message: str = "the other end's socket failed") -> None:
-        failed.append(reason)
-        channel.reset(code, message)
+    def stop() -> None:
         body.cancel()
         if drain_scope is not None:
             drain_scope.cancel()
+
+    def fail(reason: str, code: str = ResetCode.CLOSED, message: str = "the other end's socket failed") -> None:
+        failed.append(reason)
+        channel.reset(code, message)
+        stop()
 
     def sink(data: bytes | memoryview) -> int:
         # Runs in the session's reader: never blocks, never raises (a failed write is
@@ -139,9 +139,7 @@ async def splice_tcp(
         if channel.reset_reason is not None:
             # Both tasks may be parked on the socket (a client neither reading nor
             # sending): end them now, the client gets its RST.
-            body.cancel()
-            if drain_scope is not None:
-                drain_scope.cancel()
+            stop()
             return
         if draining:
             return

@@ -32,9 +32,11 @@ async def test_punch_classify_probe_and_carry_a_udx_stream():
             assert client_info.addresses == ((LOOPBACK, client.sock.getsockname()[1]),)
             assert client_info.stream_id != server_info.stream_id
             results = {}
+            server_punched = trio.Event()
 
             async def run(name, puncher, theirs, initiator):
                 results[name] = await puncher.punch(theirs, initiator=initiator, name=name)
+                server_punched.set()
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(run, "server", server, client_info, False)
@@ -44,8 +46,7 @@ async def test_punch_classify_probe_and_carry_a_udx_stream():
                     stream = await start_udx(client_done, link, peer, client.stream_id, server_info.stream_id,
                                              initiator=True)
                     await stream.send_all(b"hello over udx")
-                    while "server" not in results:
-                        await trio.sleep(0.01)
+                    await server_punched.wait()
                     punched = results["server"]
                     assert punched is not None and punched.early  # the server met our first UDX packet
                     theirs = await start_udx(punched, link, peer, server.stream_id, client.stream_id, initiator=False)

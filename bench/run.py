@@ -38,16 +38,20 @@ from bench.lib.procs import (
 )
 from bench.lib.report import build_rows, render_table
 from bench.lib.scale import scale
-from bench.lib.targets import Direct, Hypertele, HypergateTele, Service, Socat, Ssh, SshAesGcm, Target
+from bench.lib.targets import (Direct, Hypertele, HypergateTele, Service, Socat, SocatChain, Ssh,
+                               SshAesGcm, Target, TrioChain)
 
 log = logging.getLogger("bench.run")
 
-TARGET_CLASSES = {cls.name: cls for cls in (Hypergate, Direct, Socat, Ssh, SshAesGcm, Hypertele, HypergateTele)}
+TARGET_CLASSES = {cls.name: cls for cls in (Hypergate, Direct, Socat, SocatChain, TrioChain, Ssh,
+                                             SshAesGcm, Hypertele, HypergateTele)}
 # Not a baseline of the tunnel but our hyperdht client beside Node's: opt in with --targets.
 DEFAULT_TARGETS = [name for name in TARGET_CLASSES if name != "hypergate-tele"]
 ALL_TESTS = ["latency", "connect", "udp", "throughput", "scale"]
 # socat forks a process per connection: 10,000 channels would be 10,000 processes.
-SCALE_DEFAULT_EXCLUDED = {"socat": "forks one process per connection; opt in with --scale-targets"}
+SCALE_DEFAULT_EXCLUDED = {name: "forks one process per connection; opt in with --scale-targets"
+                          for name in ("socat", "socat-chain")}
+SCALE_DEFAULT_EXCLUDED["trio-chain"] = "a floor for latency and setup, not a tunnel; opt in with --scale-targets"
 THROUGHPUT_VARIANTS = [("tcp_1_up", 1, False), ("tcp_1_down", 1, True),
                        ("tcp_8_up", 8, False), ("tcp_8_down", 8, True)]
 PAUSE_BETWEEN = 0.5
@@ -118,7 +122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the target the ratios are computed for (default %(default)s)")
     parser.add_argument("--seconds", type=float, help="iperf3 duration (default 10, quick 3)")
     parser.add_argument("--channels", type=int, help="scale test channels (default 10000, quick 1000)")
-    parser.add_argument("--scale-targets", help="targets for the scale test (default: all but socat)")
+    parser.add_argument("--scale-targets", help="targets for the scale test (default: all but the socats and trio-chain)")
     parser.add_argument("--udp-rate", type=int, default=20_000, help="offered datagrams/s")
     parser.add_argument("--udp-size", type=int, default=1200, help="datagram payload bytes")
     parser.add_argument("--memory-cap-mb", type=int, default=4096,

@@ -40,6 +40,16 @@ def _peak_rss(results: Results, target: str) -> float | None:
     return max(peaks) / 1e6 if peaks else None
 
 
+def _added_latency(results: Results, target: str) -> float | None:
+    """p50 minus direct's p50: what the tunnel itself adds to a round trip."""
+    run = results.get("latency", {})
+    direct = run.get("direct", {}).get("p50_us")
+    value = run.get(target, {}).get("p50_us")
+    if target == "direct" or direct is None or value is None:
+        return None
+    return value - direct
+
+
 def _udp_loss(results: Results, target: str) -> float | None:
     loss = results.get("udp", {}).get(target, {}).get("loss")
     return None if loss is None else loss * 100
@@ -73,6 +83,7 @@ METRICS = [
     Metric("cpu", "MB forwarded per tunnel CPU-s", "higher", _cpu_efficiency, 0),
     Metric("peak_rss", "peak tunnel RSS under iperf3, MB", "lower", _peak_rss, 0),
     Metric("latency_p50", "64 B round trip p50, us", "lower", _field("latency", "p50_us"), 0),
+    Metric("latency_added", "64 B round trip p50 minus direct's, us", "lower", _added_latency, 0),
     Metric("latency_p99", "64 B round trip p99, us", "lower", _field("latency", "p99_us"), 0),
     Metric("connect_seq", "connections/s, sequential", "higher",
            _field("connect_seq", "per_second"), 0),

@@ -183,16 +183,61 @@ class Socat(Target):
 
     def _start(self, services: list[Service]) -> None:
         for service in services:
-            kind = socket.SOCK_DGRAM if service.protocol == "udp" else socket.SOCK_STREAM
-            port = free_port(kind)
-            if service.protocol == "udp":
-                listen = f"UDP4-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"
-                connect = f"UDP4:127.0.0.1:{service.port}"
-            else:
-                listen = f"TCP4-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,backlog=4096"
-                connect = f"TCP4:127.0.0.1:{service.port}"
-            self.spawn(f"socat-{service.name}", ["socat", listen, connect], side="both")
+            udp = service.protocol == "udp"
+            port = free_port(socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+            self.spawn(f"socat-{service.name}", _socat_argv(udp, port, service.port), side="both")
             self.ports[service.name] = port
+
+
+class SocatChain(Target):
+    """Two socat relays in series, both unencrypted: the shape of every tunnel with an
+    entry and an exit process (hypergate's gateway and provider, ssh's client and sshd)
+    at socat's cost per relay. What no such tunnel can beat on latency and setup."""
+
+    name = "socat-chain"
+    description = "two socat relays in series (entry -> exit -> backend), unencrypted"
+
+    def unavailable(self) -> str | None:
+        return Socat.unavailable(self)
+
+    def _start(self, services: list[Service]) -> None:
+        for service in services:
+            udp = service.protocol == "udp"
+            kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+            entry_port, exit_port = free_port(kind), free_port(kind)
+            for side, listen_port, to_port in (("exit", exit_port, service.port),
+                                               ("entry", entry_port, exit_port)):
+                self.spawn(f"socat-{side}-{service.name}", _socat_argv(udp, listen_port, to_port),
+                           side=side)
+            self.ports[service.name] = entry_port
+
+
+class TrioChain(Target):
+    """Two minimal trio relays in series (`bench.lib.bare_relay`): the same shape in the
+    same language as hypergate's gateway and provider, without encryption or
+    multiplexing. What two Python event loops in series cost before any tunnel work."""
+
+    name = "trio-chain"
+    description = "two minimal trio relays in series, unencrypted, a connection per connection"
+    unsupported = {"udp": "the minimal relay forwards TCP only"}
+
+    def _start(self, services: list[Service]) -> None:
+        for service in services:
+            entry_port, exit_port = free_port(), free_port()
+            for side, listen_port, to_port in (("exit", exit_port, service.port),
+                                               ("entry", entry_port, exit_port)):
+                self.spawn(f"relay-{side}-{service.name}", python_module(
+                    "bench.lib.bare_relay", "--listen-port", str(listen_port),
+                    "--to-port", str(to_port)), side=side, cwd=REPO_ROOT)
+            self.ports[service.name] = entry_port
+
+
+def _socat_argv(udp: bool, listen_port: int, to_port: int) -> list[str]:
+    if udp:
+        return ["socat", f"UDP4-LISTEN:{listen_port},bind=127.0.0.1,reuseaddr,fork",
+                f"UDP4:127.0.0.1:{to_port}"]
+    return ["socat", f"TCP4-LISTEN:{listen_port},bind=127.0.0.1,reuseaddr,fork,backlog=4096",
+            f"TCP4:127.0.0.1:{to_port}"]
 
 
 class Ssh(Target):

@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.run              # everything, full durations (~15 min)
     .venv/bin/python -m bench.run --quick      # short runs (~3 min)
     .venv/bin/python -m bench.run --json out.json --tests throughput,latency
+    .venv/bin/python -m bench.run --rounds 3   # each figure the median of 3 rounds (~40 min)
 
 Baselines, all measured in the same run: a direct connection, socat (unencrypted relay:
 the practical ceiling), ssh -N -L through a private sshd (default cipher and
@@ -37,6 +38,7 @@ from bench.lib.procs import (
     which,
 )
 from bench.lib.report import build_rows, render_table
+from bench.lib.rounds import median_round
 from bench.lib.scale import scale
 from bench.lib.targets import (Direct, Hypertele, HypergateTele, Service, Socat, SocatChain, Ssh,
                                SshAesGcm, Target, TrioChain)
@@ -120,6 +122,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tests", default=",".join(ALL_TESTS), help="from: %(default)s")
     parser.add_argument("--subject", default="hypergate",
                         help="the target the ratios are computed for (default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the latency, connect, UDP and throughput tests this many times, "
+                             "all targets in turn each time, and show each target's median round "
+                             "(default %(default)s)")
     parser.add_argument("--seconds", type=float, help="iperf3 duration (default 10, quick 3)")
     parser.add_argument("--channels", type=int, help="scale test channels (default 10000, quick 1000)")
     parser.add_argument("--scale-targets", help="targets for the scale test (default: all but the socats and trio-chain)")
@@ -128,7 +134,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory-cap-mb", type=int, default=4096,
                         help="kill a target whose processes exceed this RSS (default %(default)s)")
     parser.add_argument("--budget", type=float, default=3600,
-                        help="stop starting new measurements after this many seconds")
+                        help="stop starting new measurements after this many seconds per round")
     parser.add_argument("--python-sender", action="store_true",
                         help="measure throughput with the Python sender even if iperf3 exists")
     parser.add_argument("--workdir", help="keep logs and keys here (default: a temp dir, removed)")
@@ -160,6 +166,8 @@ class Bench:
         self.targets: dict[str, Target] = {}
         self.ports: dict[str, dict[str, int]] = {}
         self.results: dict[str, dict[str, dict]] = {}
+        # test -> target -> one result per round, until finish_rounds picks the median
+        self.runs: dict[str, dict[str, list[dict]]] = {}
         self.started = time.monotonic()
         self.backend: Backend | None = None
         self.measured: set[str] = set()
@@ -222,16 +230,16 @@ class Bench:
     def record(self, test: str, name: str, run) -> None:
         """Run one measurement for one target, bounded, and file its result or error."""
         target = self.targets[name]
-        bucket = self.results.setdefault(test, {})
-        if time.monotonic() - self.started > self.args.budget:
-            bucket[name] = {"error": "run time budget exhausted"}
+        bucket = self.runs.setdefault(test, {}).setdefault(name, [])
+        if time.monotonic() - self.started > self.args.budget * max(1, self.args.rounds):
+            bucket.append({"error": "run time budget exhausted"})
             return
         if name in self.measured and test.startswith(target.fresh_before or ("\0",)):
             if not self.restart(name, test, quiet=True):
-                bucket[name] = {"error": "did not restart for this test"}
+                bucket.append({"error": "did not restart for this test"})
                 return
         elif not target.alive() and not self.restart(name, test):
-            bucket[name] = {"error": "target no longer running and did not restart"}
+            bucket.append({"error": "target no longer running and did not restart"})
             return
         self.measured.add(name)
         log.info("measure test=%s target=%s", test, name)
@@ -246,7 +254,7 @@ class Bench:
                        "tunnel_processes": len(target.pids())})
         if watch.exceeded:
             result["error"] = f"killed: tunnel RSS passed {self.args.memory_cap_mb} MB"
-        bucket[name] = result
+        bucket.append(result)
         if "error" in result:
             log.warning("error test=%s target=%s: %s", test, name, result["error"])
         time.sleep(PAUSE_BETWEEN)
@@ -254,6 +262,31 @@ class Bench:
     # -------------------------------------------------------------- the tests
 
     def run_tests(self, backend: Backend) -> None:
+        rounds = max(1, self.args.rounds)
+        for number in range(1, rounds + 1):
+            if rounds > 1:
+                log.info("round %d of %d", number, rounds)
+            self.run_round(backend)
+        if "scale" in self.tests:
+            self.run_scale(list(self.targets))
+        self.finish_rounds(rounds)
+
+    def finish_rounds(self, rounds: int) -> None:
+        for test, per_target in self.runs.items():
+            for name, runs in per_target.items():
+                result = median_round(test, runs)
+                self.results.setdefault(test, {})[name] = result
+                failed = result.get("failed_rounds")
+                if failed and "error" not in result:
+                    self.notes.append(f"{name}: {test} failed in {failed} of {len(runs)} rounds "
+                                      "(the median is of the others)")
+        if rounds > 1:
+            self.notes.append(f"latency, connect, UDP and throughput figures: the median of "
+                              f"{rounds} rounds, all targets in turn in each (every round's "
+                              "figure is in the JSON under 'rounds')")
+
+    def run_round(self, backend: Backend) -> None:
+        """Each test for every target in turn, once: one round."""
         d = self.durations
         names = list(self.targets)
         if "latency" in self.tests:
@@ -289,8 +322,6 @@ class Bench:
                     else:
                         self.record(test, name, lambda ports, s=streams, r=reverse:
                                     measure.python_sender(ports["bulk"], d.throughput, s, r))
-        if "scale" in self.tests:
-            self.run_scale(names)
 
     def run_scale(self, names: list[str]) -> None:
         if self.args.scale_targets:

@@ -40,6 +40,10 @@ def _missing_requirement() -> str | None:
             return f"{tool} not installed (apt-get install {package})"
     if not os.path.exists(NETAVARK):
         return "netavark not installed (apt-get install netavark aardvark-dns)"
+    if shutil.which("iptables") is None:
+        # netavark programs every container network's NAT through it: without it
+        # each `podman run` fails with "netavark: No such file or directory".
+        return "iptables not installed (apt-get install iptables), which netavark runs"
     if not os.path.exists(BUSYBOX):
         return "busybox not installed (apt-get install busybox-static)"
     return None

@@ -66,6 +66,13 @@ MAX_CONTROL_MESSAGE = 4 * 1024 * 1024
 # heard again within ROUTE_EXPIRY_S (or at once, when the provider's link closes).
 ROUTE_REFRESH_S = 20.0
 ROUTE_EXPIRY_S = 120.0
+# A link replaced by a duplicate (two paths to one provider came up at once) keeps its
+# routes this long, so its gates stay open until the newer link's routes arrive (the
+# provider sends them first thing, well within this) instead of closing and reopening.
+REPLACED_LINK_ROUTES_GRACE_S = 5.0
+# A client whose gate has routes but no usable link (one being replaced or redialled)
+# waits this long for a route change before it is turned away.
+OPEN_WAIT_FOR_LINK_S = 10.0
 # How long the provider may take to connect to the service before the gateway tries the
 # next provider; the whole open gives up after OPEN_TOTAL_TIMEOUT_S.
 OPEN_TIMEOUT_S = 15.0

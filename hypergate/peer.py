@@ -41,6 +41,12 @@ class RoleHooks(Protocol):
     async def handle_channel(self, peer: PeerConnection, channel: Channel) -> None: ...
 
 
+# Close reasons when two links to one peer race (both sides keep the one dialled by the
+# smaller key): the newer link is refused, or the older one is closed in its favour.
+DUPLICATE_LINK = "duplicate link to this peer"
+REPLACED_LINK = "replaced by a duplicate link"
+
+
 class PeerConnection:
     """A link to one peer process, keyed by the link (not by the peer's key), so a
     reconnecting peer never disturbs its newer link."""

@@ -23,14 +23,12 @@ from .crypto.keys import LinkIdentity, RouterKeys
 from .crypto.suites import CipherSuite
 from .errors import ConfigError
 from .crypto.secure_link import SecureLink
-from .peer import PeerConnection, RoleHooks, run_link, run_peer
+from .peer import DUPLICATE_LINK, REPLACED_LINK, PeerConnection, RoleHooks, run_link, run_peer
 from .wire.messages import PROTOCOL_VERSION, Hello
 
 log = logging.getLogger(__name__)
 
 SELF_LINK = "connected to ourselves"
-DUPLICATE_LINK = "duplicate link to this peer"
-REPLACED_LINK = "replaced by a duplicate link"
 
 
 @attrs.frozen

@@ -22,7 +22,7 @@ import trio
 from .. import limits
 from ..http.fingerprint_resolver import make_fingerprint
 from ..mux.channel import Channel, ChannelReset
-from ..peer import PeerConnection
+from ..peer import REPLACED_LINK, PeerConnection
 from ..policy.token_bucket import ChannelShaper
 from ..tcp_server import serve_tcp
 from ..wire.messages import RETRYABLE_CODES, Message, OpenRequest, ResetCode, Routes
@@ -55,6 +55,7 @@ class Gateway:
         self._gate_scopes: dict[GateKey, trio.CancelScope] = {}
         self.open_gates: dict[GateKey, int] = {}  # gate -> bound port, once listening
         self.gates_changed = trio.Event()
+        self._routes_changed = trio.Event()  # set (and replaced) on every route change
         # Called after every change of the route table (Docker mode keeps helpers in step).
         self.route_listeners: list[Callable[[], None]] = []
         self._nursery: trio.Nursery | None = None
@@ -79,6 +80,16 @@ class Gateway:
         pass  # routes arrive in the provider's first message
 
     def peer_lost(self, peer: PeerConnection) -> None:
+        if peer.close_reason == REPLACED_LINK and self._nursery is not None:
+            # Its replacement is up already and sends its routes first thing: closing
+            # the gates now would turn away (and cancel) the clients of the next moment.
+            self._nursery.start_soon(self._forget_replaced_link, peer)
+            return
+        self.routes.remove_peer(peer)
+        self._sync_gates()
+
+    async def _forget_replaced_link(self, peer: PeerConnection) -> None:
+        await trio.sleep(limits.REPLACED_LINK_ROUTES_GRACE_S)
         self.routes.remove_peer(peer)
         self._sync_gates()
 
@@ -101,6 +112,8 @@ class Gateway:
     # --- gates ----------------------------------------------------------------------
 
     def _sync_gates(self) -> None:
+        self._routes_changed.set()
+        self._routes_changed = trio.Event()
         for listener in self.route_listeners:
             listener()
         if self._nursery is None:
@@ -144,6 +157,7 @@ class Gateway:
     def _signal_gates_changed(self) -> None:
         self.gates_changed.set()
         self.gates_changed = trio.Event()
+        self._routes_changed = trio.Event()  # set (and replaced) on every route change
 
     async def _open_channel(
         self, key: GateKey, client_ip: str, client_port: int, local: tuple,
@@ -157,60 +171,75 @@ class Gateway:
         OPEN is in flight; and again to the next provider if this one refuses."""
         deadline = trio.current_time() + limits.OPEN_TOTAL_TIMEOUT_S
         early: bytes | None = None
-        for peer, route in self.routes.rotation(key):
-            session = peer.session
-            if session is None or not session.usable:
-                continue
-            admission = self.admission(client_ip, key, route)
-            if not admission.allowed:
-                log.info(
-                    "gate=%s client=%s:%d event=client_denied reason=%r",
-                    key, client_ip, client_port, admission.reason,
-                )
-                return None
-            shaper = ChannelShaper.from_limit(admission.bandwidth)
-            request = OpenRequest(
-                gatePort=key.port,
-                protocol=key.protocol,
-                fingerprint=make_fingerprint(
-                    protocol=key.protocol,
-                    gate_port=key.port,
-                    channel_port=session.next_channel_id,
-                    client=(client_ip, client_port),
-                    gateway=(local[0], local[1]),
-                    labels=admission.labels,
-                ),
-            )
-            now = trio.current_time()
-            if deadline - now <= 0:
-                break
-            answer_by = now + min(limits.OPEN_TIMEOUT_S, deadline - now)
-            try:
-                if stream is not None and early is None and not shaper.client_to_service.limited:
-                    # Usually the client's request is there already: it goes in the
-                    # OPEN's record (one write and one wakeup of the provider, not two).
-                    early = _bytes_waiting(stream.socket, limits.EARLY_DATA_MAX)
-                session.cork()
-                try:
-                    channel = session.start_open(request)
-                    sent_early = bool(early) and channel.try_send_whole(early)
-                finally:
-                    session.uncork()
-                if stream is not None:
-                    if early is None:
-                        early = await _first_bytes(stream, channel, answer_by, shaper)
-                    if early and not sent_early:
-                        await channel.send(early)
-                await session.wait_accepted(channel, max(0.0, answer_by - trio.current_time()))
-            except ChannelReset as exc:
-                log.warning(
-                    "gate=%s client=%s:%d peer=%s event=open_failed reason=%r",
-                    key, client_ip, client_port, peer.name, str(exc),
-                )
-                if exc.reason.code not in RETRYABLE_CODES:
+        while True:
+            routes_changed = self._routes_changed
+            link_gone = False  # a provider was skipped or failed for want of a live link
+            for peer, route in self.routes.rotation(key):
+                session = peer.session
+                if session is None or not session.usable:
+                    link_gone = True
+                    continue
+                admission = self.admission(client_ip, key, route)
+                if not admission.allowed:
+                    log.info(
+                        "gate=%s client=%s:%d event=client_denied reason=%r",
+                        key, client_ip, client_port, admission.reason,
+                    )
                     return None
-                continue
-            return channel, admission, shaper
+                shaper = ChannelShaper.from_limit(admission.bandwidth)
+                request = OpenRequest(
+                    gatePort=key.port,
+                    protocol=key.protocol,
+                    fingerprint=make_fingerprint(
+                        protocol=key.protocol,
+                        gate_port=key.port,
+                        channel_port=session.next_channel_id,
+                        client=(client_ip, client_port),
+                        gateway=(local[0], local[1]),
+                        labels=admission.labels,
+                    ),
+                )
+                now = trio.current_time()
+                if deadline - now <= 0:
+                    break
+                answer_by = now + min(limits.OPEN_TIMEOUT_S, deadline - now)
+                try:
+                    if stream is not None and early is None and not shaper.client_to_service.limited:
+                        # Usually the client's request is there already: it goes in the
+                        # OPEN's record (one write and one wakeup of the provider, not two).
+                        early = _bytes_waiting(stream.socket, limits.EARLY_DATA_MAX)
+                    session.cork()
+                    try:
+                        channel = session.start_open(request)
+                        sent_early = bool(early) and channel.try_send_whole(early)
+                    finally:
+                        session.uncork()
+                    if stream is not None:
+                        if early is None:
+                            early = await _first_bytes(stream, channel, answer_by, shaper)
+                        if early and not sent_early:
+                            await channel.send(early)
+                    await session.wait_accepted(channel, max(0.0, answer_by - trio.current_time()))
+                except ChannelReset as exc:
+                    log.warning(
+                        "gate=%s client=%s:%d peer=%s event=open_failed reason=%r",
+                        key, client_ip, client_port, peer.name, str(exc),
+                    )
+                    if exc.reason.code not in RETRYABLE_CODES:
+                        return None
+                    link_gone = link_gone or exc.reason.code == ResetCode.LINK_CLOSED
+                    continue
+                return channel, admission, shaper
+            # Every provider's link was down or closed under us: one is likely being
+            # replaced or redialled, so wait (bounded) for the route table to change.
+            wait_s = min(limits.OPEN_WAIT_FOR_LINK_S, deadline - trio.current_time())
+            if not link_gone or wait_s <= 0:
+                break
+            log.info("gate=%s client=%s:%d event=open_waiting_for_link", key, client_ip, client_port)
+            with trio.move_on_after(wait_s):
+                await routes_changed.wait()
+            if not routes_changed.is_set():
+                break
         log.warning("gate=%s client=%s:%d event=no_provider_available", key, client_ip, client_port)
         return None
 

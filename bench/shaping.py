@@ -205,26 +205,19 @@ async def measure_cost(seconds: float, rounds: int = 1) -> list[dict]:
     transfer moved by 25% between back-to-back runs of the same case."""
     import shutil
 
+    from bench.lib.rounds import median_round
+
     if shutil.which("iperf3") is None:
         return [{"case": "skipped: iperf3 is not installed"}]
     measured: dict[str, list[dict]] = {case: [] for case in COST_CASES}
     for _ in range(rounds):
         for case, policy in COST_CASES.items():
             measured[case].append(await _measure_cost_case(case, policy, seconds))
-    rows = [_median_cost_row(case, runs) for case, runs in measured.items()]
+    rows = [median_round("shaping_cost", runs) for runs in measured.values()]
     base = rows[0].get("gbps")
     for row in rows:
         row["ratio"] = round(row["gbps"] / base, 3) if base and row.get("gbps") else None
     return rows
-
-
-def _median_cost_row(case: str, runs: list[dict]) -> dict:
-    if len(runs) == 1:
-        return runs[0]
-    figures = sorted(run["gbps"] for run in runs if run.get("gbps"))
-    errors = [run["error"] for run in runs if run.get("error")]
-    return {"case": case, "gbps": figures[len(figures) // 2] if figures else None,
-            "rounds": [run.get("gbps") for run in runs], "error": errors[-1] if errors else None}
 
 
 async def _measure_cost_case(case: str, policy: dict | None, seconds: float) -> dict:
@@ -250,7 +243,10 @@ async def _measure_cost_case(case: str, policy: dict | None, seconds: float) -> 
         )
         report = json.loads(result.stdout or b"{}")
         bits = report.get("end", {}).get("sum_received", {}).get("bits_per_second")
-        return {"case": case, "gbps": round(bits / 1e9, 3) if bits else None, "error": report.get("error")}
+        row = {"case": case, "gbps": round(bits / 1e9, 3) if bits else None}
+        if report.get("error") or not bits:
+            row["error"] = report.get("error") or "iperf3 reported no throughput"
+        return row
     finally:
         tunnel.stop()
         if server is not None:

@@ -20,6 +20,7 @@ RANKED_BY = {
     "tcp_1_down": "bits_per_second",
     "tcp_8_up": "bits_per_second",
     "tcp_8_down": "bits_per_second",
+    "shaping_cost": "gbps",  # bench.shaping --cost
 }
 
 

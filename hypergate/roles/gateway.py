@@ -157,7 +157,6 @@ class Gateway:
     def _signal_gates_changed(self) -> None:
         self.gates_changed.set()
         self.gates_changed = trio.Event()
-        self._routes_changed = trio.Event()  # set (and replaced) on every route change
 
     async def _open_channel(
         self, key: GateKey, client_ip: str, client_port: int, local: tuple,
@@ -173,11 +172,9 @@ class Gateway:
         early: bytes | None = None
         while True:
             routes_changed = self._routes_changed
-            link_gone = False  # a provider was skipped or failed for want of a live link
             for peer, route in self.routes.rotation(key):
                 session = peer.session
                 if session is None or not session.usable:
-                    link_gone = True
                     continue
                 admission = self.admission(client_ip, key, route)
                 if not admission.allowed:
@@ -227,21 +224,22 @@ class Gateway:
                     )
                     if exc.reason.code not in RETRYABLE_CODES:
                         return None
-                    link_gone = link_gone or exc.reason.code == ResetCode.LINK_CLOSED
                     continue
                 return channel, admission, shaper
-            # Every provider's link was down or closed under us: one is likely being
-            # replaced or redialled, so wait (bounded) for the route table to change.
-            wait_s = min(limits.OPEN_WAIT_FOR_LINK_S, deadline - trio.current_time())
-            if not link_gone or wait_s <= 0:
+            # A provider of this gate has no live link (one closed under us, or is being
+            # replaced or redialled): wait, bounded, for the route table to change.
+            if not self._some_provider_lacks_a_link(key):
                 break
             log.info("gate=%s client=%s:%d event=open_waiting_for_link", key, client_ip, client_port)
-            with trio.move_on_after(wait_s):
+            with trio.move_on_at(min(trio.current_time() + limits.OPEN_WAIT_FOR_LINK_S, deadline)):
                 await routes_changed.wait()
             if not routes_changed.is_set():
                 break
         log.warning("gate=%s client=%s:%d event=no_provider_available", key, client_ip, client_port)
         return None
+
+    def _some_provider_lacks_a_link(self, key: GateKey) -> bool:
+        return any(peer.session is None or not peer.session.usable for peer, _ in self.routes.providers(key))
 
     # --- TCP ------------------------------------------------------------------------
 
